@@ -1,0 +1,40 @@
+"""clm-workers: start and supervise CLM worker pools with Trio.
+
+The public names are imported lazily (PEP 562): ``python -m clm_workers.sim``
+imports this package first, and a worker must not pay for importing trio
+(about 100 ms of CPU per worker, see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ConfigError": "errors",
+    "PoolStartupError": "errors",
+    "WorkerConfig": "config",
+    "WorkerPoolManager": "manager",
+    "StartupReport": "report",
+    "StartedWorker": "report",
+    "FailedWorker": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .config import WorkerConfig
+    from .errors import ConfigError, PoolStartupError
+    from .manager import WorkerPoolManager
+    from .report import FailedWorker, StartedWorker, StartupReport
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clm_workers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

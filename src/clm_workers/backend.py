@@ -1,0 +1,184 @@
+"""The async seam between the Trio engine and the blocking world.
+
+The engine only ever talks to a :class:`StartupBackend`.  The real one,
+:class:`ThreadedBackend`, runs the blocking executors and the SQLite registry
+in worker threads; the unit and property tests plug pure-Trio fakes in here,
+so that ``MockClock(autojump_threshold=0)`` sees no threads and virtual time is
+exact.
+
+Cancellation: every method of :class:`ThreadedBackend` is a
+``trio.to_thread.run_sync`` call with ``abandon_on_cancel=False``: a blocking
+call that has begun always completes (a spawn that finishes after
+cancellation still hands its worker to the owner), and ``Cancelled`` is raised
+at the caller's next checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import trio
+
+from .errors import FatalExecutorError
+from .executors.base import Executor, WorkerHandle
+from .plan import WorkerSpec
+from .registry import Event, Registry
+
+Own = Callable[[WorkerHandle], WorkerHandle]
+T = TypeVar("T")
+
+
+@dataclass
+class PollResult:
+    """One watcher tick: which waiting workers ended, which registered (row id)."""
+
+    exited: dict[WorkerHandle, int] = field(default_factory=dict)
+    registered: dict[WorkerHandle, int] = field(default_factory=dict)
+
+
+class StartupBackend(Protocol):
+    async def prepare(self, specs: Sequence[WorkerSpec], events: Sequence[Event]) -> list[WorkerSpec]:
+        """Open the database and pre-register ``pre`` specs in one transaction.
+
+        Any exception is fatal: nothing has been spawned yet.
+        """
+        ...
+
+    async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
+        """Start one worker, holding a token of ``limiter`` while the start blocks.
+
+        Must call ``own(handle)`` before returning to any checkpoint.
+        """
+        ...
+
+    async def poll(self, handles: Sequence[WorkerHandle]) -> PollResult:
+        """Which of ``handles`` exited, then which registered (in that order)."""
+        ...
+
+    async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]: ...
+
+    async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
+        """Ask each worker to stop; returns the per-worker failures."""
+        ...
+
+    async def kill(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
+        """Kill, reap and release each worker; returns the per-worker failures."""
+        ...
+
+    async def output_tail(self, handle: WorkerHandle) -> str: ...
+
+    async def mark_dead(self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = ()) -> None:
+        """Record the rows of these workers ``dead`` (by row id and container id)."""
+        ...
+
+    async def record(self, events: Sequence[Event]) -> None: ...
+
+
+class ThreadedBackend:
+    """The real backend: a registry and one executor per execution mode."""
+
+    def __init__(self, registry: Registry, executors: Mapping[str, Executor], *, fan_out: int = 10) -> None:
+        self.registry = registry
+        self.executors = executors
+        self._fan_out = fan_out
+
+    def _executor(self, mode: str) -> Executor:
+        try:
+            return self.executors[mode]
+        except KeyError:
+            raise FatalExecutorError(f"no executor for execution_mode {mode!r}") from None
+
+    async def prepare(self, specs: Sequence[WorkerSpec], events: Sequence[Event]) -> list[WorkerSpec]:
+        def open_and_register() -> list[WorkerSpec]:
+            self.registry.open()
+            return self.registry.pre_register(specs, events)
+
+        return await trio.to_thread.run_sync(open_and_register)
+
+    async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
+        executor = self._executor(spec.execution_mode)
+        return await trio.to_thread.run_sync(lambda: own(executor.start(spec)), limiter=limiter)
+
+    async def poll(self, handles: Sequence[WorkerHandle]) -> PollResult:
+        return await trio.to_thread.run_sync(self._poll_blocking, handles)
+
+    def _poll_blocking(self, handles: Sequence[WorkerHandle]) -> PollResult:
+        # Exits first: a worker that registers between the two looks registered,
+        # never "exited before registering".
+        result = PollResult(exited=self._exit_codes_blocking(handles))
+        by_db_id = {h.spec.db_worker_id: h for h in handles if h.spec.registration == "pre"}
+        by_container = {
+            cid: h for h in handles if h.spec.registration == "self" for cid in _match_ids(h)
+        }
+        for row_id, container_id in self.registry.registered_rows(by_db_id.keys(), by_container.keys()):  # type: ignore[arg-type]
+            handle = by_db_id.get(row_id) or by_container.get(container_id)
+            if handle is not None:
+                result.registered[handle] = row_id
+        return result
+
+    def _exit_codes_blocking(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
+        codes: dict[WorkerHandle, int] = {}
+        for mode, group in _by_mode(handles).items():
+            codes.update(self._executor(mode).exit_codes(group))
+        return codes
+
+    async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
+        return await trio.to_thread.run_sync(self._exit_codes_blocking, handles)
+
+    async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
+        return await self._each(handles, lambda h: self._executor(h.spec.execution_mode).request_stop(h))
+
+    async def kill(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
+        return await self._each(handles, lambda h: self._executor(h.spec.execution_mode).kill(h))
+
+    async def output_tail(self, handle: WorkerHandle) -> str:
+        executor = self._executor(handle.spec.execution_mode)
+        return await trio.to_thread.run_sync(executor.output_tail, handle)
+
+    async def mark_dead(self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = ()) -> None:
+        db_ids = [s.db_worker_id for s in specs if s.db_worker_id is not None]
+        container_ids = [s.executor_id for s in specs] + [cid for h in handles for cid in _match_ids(h)]
+        await trio.to_thread.run_sync(self.registry.mark_dead, db_ids, container_ids)
+
+    async def record(self, events: Sequence[Event]) -> None:
+        await trio.to_thread.run_sync(self.registry.record_events, events)
+
+    async def _each(
+        self, handles: Sequence[WorkerHandle], action: Callable[[WorkerHandle], None]
+    ) -> list[tuple[WorkerHandle, Exception]]:
+        """Run ``action`` for every handle in parallel threads (at most ``fan_out`` at once)."""
+        failures: list[tuple[WorkerHandle, Exception]] = []
+        limiter = trio.CapacityLimiter(self._fan_out)
+
+        async def one(handle: WorkerHandle) -> None:
+            try:
+                await trio.to_thread.run_sync(functools.partial(action, handle), limiter=limiter)
+            except Exception as exc:
+                failures.append((handle, exc))
+
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(one, handle)
+        return failures
+
+
+def _match_ids(handle: WorkerHandle) -> tuple[str, ...]:
+    """The ``container_id`` values a self-registering worker may use.
+
+    A CLM 0.3 container registers with ``HOSTNAME``: the first 12 characters
+    of its container id.
+    """
+    ids = {handle.executor_id, handle.spec.executor_id}
+    if handle.spec.execution_mode == "docker":
+        ids.add(handle.executor_id[:12])
+    return tuple(sorted(ids))
+
+
+def _by_mode(handles: Sequence[WorkerHandle]) -> dict[str, list[WorkerHandle]]:
+    groups: dict[str, list[WorkerHandle]] = {}
+    for handle in handles:
+        groups.setdefault(handle.spec.execution_mode, []).append(handle)
+    return groups

@@ -1,0 +1,217 @@
+"""Validated configuration: :class:`WorkerConfig` and the pool-wide settings.
+
+Every check raises :class:`~clm_workers.errors.ConfigError` naming the
+setting, the value and what is allowed, so that bad input is refused before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from .errors import ConfigError
+
+#: CLM 0.3's worker modules by type (clm-protocol.md).
+DEFAULT_MODULES: Mapping[str, str] = {
+    "notebook": "nb",
+    "drawio": "drawio_converter",
+    "plantuml": "plantuml_converter",
+}
+
+EXECUTION_MODES = ("direct", "docker")
+REGISTRATION_PROTOCOLS = ("pre", "self")
+SLOT_MODES = ("spawn", "registration")
+
+MAX_WORKERS_PER_CONFIG = 1000
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_WORKER_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MEMORY_LIMIT = re.compile(r"[0-9]+[bkmgBKMG]?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+SlotMode = Literal["spawn", "registration"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One pool: ``count`` workers of one type, started one way.
+
+    ``registration`` is ``"pre"`` (the manager inserts the row first, CLM 1.x)
+    or ``"self"`` (the worker inserts its own row, CLM 0.3).
+    """
+
+    worker_type: str
+    count: int
+    execution_mode: str = "direct"
+    image: str | None = None
+    memory_limit: str = "1g"
+    module: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    registration: str = "pre"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.worker_type, str) or not _WORKER_TYPE.fullmatch(self.worker_type):
+            raise ConfigError(
+                "worker_type", self.worker_type,
+                "a name of letters, digits, '_', '.', '-' such as 'notebook'",
+            )
+        where = f"worker {self.worker_type!r}"
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or not (
+            0 <= self.count <= MAX_WORKERS_PER_CONFIG
+        ):
+            raise ConfigError(
+                f"count ({where})", self.count,
+                f"a whole number from 0 to {MAX_WORKERS_PER_CONFIG}",
+            )
+        _require_choice(f"execution_mode ({where})", self.execution_mode, EXECUTION_MODES)
+        _require_choice(f"registration ({where})", self.registration, REGISTRATION_PROTOCOLS)
+        if self.execution_mode == "docker" and not self.image:
+            raise ConfigError(
+                f"image ({where})", self.image,
+                "an image name such as 'clm-workers-sim:latest' when execution_mode is 'docker'",
+            )
+        if not isinstance(self.memory_limit, str) or not _MEMORY_LIMIT.fullmatch(self.memory_limit):
+            raise ConfigError(
+                f"memory_limit ({where})", self.memory_limit,
+                "a size such as '512m' or '1g'",
+            )
+        if self.module is not None and (
+            not isinstance(self.module, str) or not _DOTTED_NAME.fullmatch(self.module)
+        ):
+            raise ConfigError(
+                f"module ({where})", self.module,
+                "a dotted Python module name such as 'clm_workers.sim'",
+            )
+        if self.module is None and self.worker_type not in DEFAULT_MODULES:
+            raise ConfigError(
+                f"module ({where})", None,
+                f"a dotted module name: {self.worker_type!r} has no CLM default "
+                f"(defaults exist for {', '.join(sorted(DEFAULT_MODULES))})",
+            )
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+                raise ConfigError(f"env ({where})", key, "variable names like 'LOG_LEVEL'")
+            if not isinstance(value, str):
+                raise ConfigError(f"env[{key}] ({where})", value, "a string value")
+
+    @property
+    def resolved_module(self) -> str:
+        """The module run as ``python -m``: the configured one or CLM's default."""
+        return self.module or DEFAULT_MODULES[self.worker_type]
+
+
+def _require_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(setting, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+Number = TypeVar("Number", int, float)
+
+
+def resolve_number(
+    setting: str,
+    value: object,
+    *,
+    env_var: str,
+    default: Number,
+    kind: type[Number],
+    minimum: Number,
+    maximum: Number,
+    environ: Mapping[str, str] | None = None,
+) -> Number:
+    """An explicit value, else the environment variable, else the default; then checked.
+
+    ``kind`` is ``int`` (a whole number) or ``float`` (any finite number).
+    """
+    source = setting
+    if value is None:
+        raw = (os.environ if environ is None else environ).get(env_var)
+        if raw is None or raw.strip() == "":
+            return default
+        source = f"{setting} (env {env_var})"
+        value = _parse_number(raw.strip(), kind)
+    allowed = (
+        f"a whole number from {minimum} to {maximum}"
+        if kind is int
+        else f"a number of seconds from {minimum:g} to {maximum:g}"
+    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(source, value, allowed)
+    if kind is int and (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(source, value, allowed)
+    if not math.isfinite(value) or not (minimum <= value <= maximum):
+        raise ConfigError(source, value, allowed)
+    return kind(value)
+
+
+def _parse_number(raw: str, kind: type) -> object:
+    try:
+        return kind(raw)
+    except ValueError:
+        return raw  # rejected by the caller with the full message
+
+
+@dataclass(frozen=True)
+class StartupSettings:
+    """Pool-wide knobs of the startup engine (already validated)."""
+
+    #: How many spawns run at once (or, in ``registration`` slot mode, how many
+    #: workers may be between spawn and registration at once).
+    concurrency: int = 10
+    registration_timeout: float = 10.0
+    #: ``spawn``: the limiter bounds the blocking spawn calls only.
+    #: ``registration``: a worker holds its slot until it registered or failed.
+    slot_mode: SlotMode = "spawn"
+    #: Make the first per-worker failure fatal for the whole pool.
+    fail_fast: bool = False
+    #: SIGTERM-to-SIGKILL grace when stopping workers.
+    stop_grace: float = 5.0
+    #: How often the registration watcher polls SQLite.
+    poll_interval: float = 0.01
+
+    @property
+    def stop_bound(self) -> float:
+        """The overall bound on one stop of many workers: grace, then the kills."""
+        return self.stop_grace + 5.0
+
+
+def build_settings(
+    *,
+    max_startup_concurrency: int | None,
+    registration_timeout: float | None,
+    slot_mode: str,
+    fail_fast: bool,
+    stop_timeout: float | None,
+    poll_interval: float,
+    environ: Mapping[str, str] | None = None,
+) -> StartupSettings:
+    """Resolve explicit arguments > environment > defaults, and validate them."""
+    _require_choice("slot_mode", slot_mode, SLOT_MODES)
+    return StartupSettings(
+        concurrency=resolve_number(
+            "max_startup_concurrency", max_startup_concurrency,
+            env_var="CLM_MAX_WORKER_STARTUP_CONCURRENCY", default=10, kind=int,
+            minimum=1, maximum=1000, environ=environ,
+        ),
+        registration_timeout=resolve_number(
+            "registration_timeout", registration_timeout,
+            env_var="CLM_WORKER_REGISTRATION_TIMEOUT", default=10.0, kind=float,
+            minimum=0.1, maximum=3600.0, environ=environ,
+        ),
+        slot_mode=slot_mode,  # type: ignore[arg-type]  # checked above
+        fail_fast=bool(fail_fast),
+        stop_grace=resolve_number(
+            "stop_timeout", stop_timeout,
+            env_var="CLM_WORKER_STOP_TIMEOUT", default=5.0, kind=float,
+            minimum=0.0, maximum=600.0, environ=environ,
+        ),
+        poll_interval=resolve_number(
+            "poll_interval", poll_interval, env_var="CLM_REGISTRATION_POLL_INTERVAL",
+            default=0.01, kind=float, minimum=0.001, maximum=5.0, environ=environ,
+        ),
+    )

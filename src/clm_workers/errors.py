@@ -1,0 +1,44 @@
+"""The two errors a caller of clm-workers has to know about."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting has a value that is not allowed.
+
+    Raised at construction, before anything is started.  The message names the
+    setting (and its environment variable when it came from there), the value
+    given and what is allowed, e.g.::
+
+        max_startup_concurrency (env CLM_MAX_WORKER_STARTUP_CONCURRENCY): 'abc' is not
+        allowed; expected a whole number from 1 to 1000
+    """
+
+    def __init__(self, setting: str, value: object, allowed: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{setting}: {value!r} is not allowed; expected {allowed}")
+
+
+class PoolStartupError(RuntimeError):
+    """The pool could not start, for a reason that affects every worker.
+
+    By the time this is raised every pending start has been cancelled and every
+    worker already started has been stopped.  ``report`` holds what had
+    happened to each worker until then (it may be ``None`` when nothing was
+    attempted).
+    """
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class FatalExecutorError(RuntimeError):
+    """Raised by an executor when every start would fail the same way.
+
+    For example the Docker engine is unreachable or the image is missing.  The
+    startup engine turns it into :class:`PoolStartupError` instead of reporting
+    N identical per-worker failures.
+    """

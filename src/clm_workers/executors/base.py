@@ -1,0 +1,91 @@
+"""The blocking executor interface shared by the direct and docker executors.
+
+Executors never touch the database and contain nothing async: the startup
+engine calls them through ``trio.to_thread``.  Every method may be called from
+any thread, and several at once for different handles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..plan import WorkerSpec
+
+
+@dataclass(eq=False)  # identity semantics: a handle is one started process
+class WorkerHandle:
+    """A started worker, as its executor knows it."""
+
+    spec: WorkerSpec
+    #: The id the worker registers under (``workers.container_id``).
+    executor_id: str
+    #: The executor's own object (``subprocess.Popen``, a docker container, ...).
+    native: Any
+    #: Process id (direct workers) or ``None``.
+    pid: int | None = None
+
+
+class Executor(Protocol):
+    def start(self, spec: WorkerSpec) -> WorkerHandle:
+        """Start one worker and return its handle.
+
+        Either returns a handle to a started worker or raises having left
+        nothing behind.  Raises :class:`~clm_workers.errors.FatalExecutorError`
+        when every start would fail the same way.
+        """
+        ...
+
+    def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
+        """The exit code of each handle whose process has ended (one call for many)."""
+        ...
+
+    def request_stop(self, handle: WorkerHandle) -> None:
+        """Ask the worker to stop (SIGTERM); returns at once; idempotent."""
+        ...
+
+    def kill(self, handle: WorkerHandle) -> None:
+        """Stop the worker for good (SIGKILL), reap it and release its resources.
+
+        Idempotent, and safe on a worker that has already exited.
+        """
+        ...
+
+    def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
+        """The last ``lines`` lines of the worker's stderr (or log), for failure reasons."""
+        ...
+
+    def close(self) -> None:
+        """Release the executor's own resources (after every worker is stopped)."""
+        ...
+
+
+def protocol_environment(
+    spec: WorkerSpec,
+    *,
+    db_path: Path | str,
+    workspace_path: Path | str,
+    log_level: str = "INFO",
+) -> dict[str, str]:
+    """The variables of clm-protocol.md, in both CLM generations' spellings.
+
+    ``db_path`` and ``workspace_path`` are as the worker sees them (inside a
+    container: ``/db/<file>`` and ``/workspace``).  The config's own ``env``
+    is applied last so a pool can override anything.
+    """
+    env = {
+        "WORKER_TYPE": spec.worker_type,
+        "WORKER_ID": spec.executor_id,
+        "DB_PATH": str(db_path),
+        "CLM_JOBS_DB_PATH": str(db_path),
+        "WORKSPACE_PATH": str(workspace_path),
+        "LOG_LEVEL": log_level,
+        "USE_SQLITE_QUEUE": "true",
+        "CLM_SESSION_ID": spec.session_id,
+    }
+    if spec.db_worker_id is not None:
+        env["CLM_WORKER_ID"] = str(spec.db_worker_id)
+    env.update(spec.env)
+    return env

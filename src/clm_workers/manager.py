@@ -1,0 +1,217 @@
+"""The public entry point: :class:`WorkerPoolManager`.
+
+CLM calls ``trio.run(manager.start_pools)`` and later
+``trio.run(manager.stop_pools)``; both also work as ``await`` inside a Trio
+program.  The manager object carries the started workers between the calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import trio
+
+from .backend import ThreadedBackend
+from .config import WorkerConfig, build_settings
+from .errors import ConfigError
+from .executors.base import Executor
+from .executors.direct import DirectExecutor
+from .ledger import LiveWorkers
+from .plan import plan_workers
+from .registry import Event, Registry
+from .report import StartupReport
+from .startup import ProgressCallback, start_workers
+from .stopping import stop_workers
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPoolManager:
+    """Starts, owns and stops the worker pools of one CLM database.
+
+    Each manager has its own ``session_id`` (a UUID) written on every row it
+    creates; it only ever stops, marks or cleans what carries its session.
+    """
+
+    def __init__(
+        self,
+        db_path: Path | str,
+        workspace_path: Path | str,
+        worker_configs: Sequence[WorkerConfig],
+        max_startup_concurrency: int | None = None,
+        registration_timeout: float | None = None,
+        *,
+        slot_mode: str = "spawn",
+        fail_fast: bool = False,
+        stop_timeout: float | None = None,
+        poll_interval: float | None = None,
+        log_level: str = "INFO",
+        log_dir: Path | str | None = None,
+    ) -> None:
+        """Validate everything; start nothing.
+
+        ``max_startup_concurrency`` defaults to ``CLM_MAX_WORKER_STARTUP_CONCURRENCY``
+        or 10, ``registration_timeout`` to ``CLM_WORKER_REGISTRATION_TIMEOUT`` or
+        10 s, ``stop_timeout`` (SIGTERM-to-SIGKILL grace) to ``CLM_WORKER_STOP_TIMEOUT``
+        or 5 s.  ``slot_mode="registration"`` makes each worker hold its startup
+        slot until it registered (the original proposal's semantics).  Raises
+        :class:`ConfigError` for any value that is not allowed.
+        """
+        self.db_path = Path(db_path)
+        self.workspace_path = Path(workspace_path)
+        if not self.workspace_path.is_dir():
+            raise ConfigError("workspace_path", str(workspace_path), "an existing folder")
+        for config in worker_configs:
+            if not isinstance(config, WorkerConfig):
+                raise ConfigError("worker_configs", config, "WorkerConfig instances")
+        self.worker_configs = list(worker_configs)
+        self.settings = build_settings(
+            max_startup_concurrency=max_startup_concurrency,
+            registration_timeout=registration_timeout,
+            slot_mode=slot_mode,
+            fail_fast=fail_fast,
+            stop_timeout=stop_timeout,
+            poll_interval=poll_interval,
+        )
+        self.log_level = log_level
+        self.session_id = uuid.uuid4().hex
+        self.report: StartupReport | None = None
+        self._log_dir = Path(log_dir) if log_dir is not None else None
+        self._live = LiveWorkers()
+        self._backend: ThreadedBackend | None = None
+        self._own_log_dir: Path | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The database of this manager (open between start_pools and stop_pools)."""
+        if self._backend is None:
+            raise RuntimeError("the pool is not running: call start_pools() first")
+        return self._backend.registry
+
+    @property
+    def running(self) -> int:
+        """How many workers this manager has started and not stopped."""
+        return len(self._live)
+
+    async def start_pools(self, *, on_progress: ProgressCallback | None = None) -> StartupReport:
+        """Start every configured worker at once and wait for their registrations.
+
+        Returns a :class:`StartupReport` in which each worker is either
+        started (registered and running) or failed (stopped, with the phase
+        and a reason).  Raises :class:`PoolStartupError` for a fatal error;
+        then nothing is left running.
+
+        Cancellation and ``KeyboardInterrupt``: pending starts are cancelled,
+        started workers are stopped (shielded, bounded), then the exception
+        propagates.
+        """
+        if self._backend is not None:
+            raise RuntimeError("start_pools() was already called; call stop_pools() first")
+        backend = self._backend = self._open_backend()
+        specs = plan_workers(self.worker_configs, self.session_id)
+        try:
+            with _unwrap_lone_exception():
+                self.report = await start_workers(specs, backend, self.settings, self._live, on_progress)
+        except BaseException:
+            self._close()  # every worker is stopped by now
+            raise
+        return self.report
+
+    async def stop_pools(self) -> None:
+        """Stop every worker of this manager in parallel and record them dead.
+
+        SIGTERM to all, ``stop_timeout`` of grace, then SIGKILL, under one
+        overall bound.  Idempotent.
+
+        Cancellation: shielded; it always finishes (within its bound).
+        """
+        backend = self._backend
+        if backend is None:
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.settings.stop_bound
+            handles = self._live.snapshot()
+            clock = trio.current_time()
+            await _record_quietly(backend, Event("pool_stopping", "-", metadata={"workers": len(handles)}))
+            failures = await stop_workers(
+                backend, handles, grace=self.settings.stop_grace, owner=self._live
+            )
+            await backend.mark_dead([h.spec for h in handles], handles)
+            await _record_quietly(backend, Event(
+                "pool_stopped", "-",
+                metadata={"workers": len(handles), "failures": len(failures),
+                          "duration": round(trio.current_time() - clock, 3)},
+            ))
+        self._close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _open_backend(self) -> ThreadedBackend:
+        log_dir = self._log_dir
+        if log_dir is None:
+            log_dir = self._own_log_dir = Path(
+                tempfile.mkdtemp(prefix=f"clm-workers-{self.session_id[:8]}-")
+            )
+        executors: dict[str, Executor] = {
+            "direct": DirectExecutor(
+                db_path=self.db_path.resolve(),
+                workspace_path=self.workspace_path.resolve(),
+                log_dir=log_dir,
+                log_level=self.log_level,
+            ),
+        }
+        registry = Registry(self.db_path, session_id=self.session_id)
+        return ThreadedBackend(registry, executors, fan_out=self.settings.concurrency)
+
+    def _close(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is None:
+            return
+        if len(self._live):
+            # Stop failed for some workers: closing the executors ends their
+            # lifeline, so they exit by themselves.
+            log.warning("%d workers could not be stopped cleanly", len(self._live))
+        for executor in backend.executors.values():
+            executor.close()
+        backend.registry.close()
+        if self._own_log_dir is not None:
+            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            self._own_log_dir = None
+
+
+async def _record_quietly(backend: ThreadedBackend, event: Event) -> None:
+    """Audit events must never stop a shutdown."""
+    try:
+        await backend.record([event])
+    except Exception as exc:
+        log.warning("could not record %s: %s", event.event_type, exc)
+
+
+@contextlib.contextmanager
+def _unwrap_lone_exception() -> Iterator[None]:
+    """Let ``KeyboardInterrupt`` and ``Cancelled`` out as themselves, not as a group.
+
+    Trio's strict exception groups wrap whatever crosses a nursery; a caller
+    of ``start_pools`` expects a plain ``KeyboardInterrupt`` on Ctrl-C.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

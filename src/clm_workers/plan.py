@@ -1,0 +1,81 @@
+"""The startup plan: one :class:`WorkerSpec` per worker to start.
+
+A plain value handed from the configuration to the engine and the executors;
+nothing here starts anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .config import WorkerConfig
+
+ExecutionMode = Literal["direct", "docker"]
+#: ``pre``: the manager inserts the row and passes its id (CLM 1.x).
+#: ``self``: the worker inserts its own row, found by ``container_id`` (CLM 0.3).
+Registration = Literal["pre", "self"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything needed to start one worker, decided before any start."""
+
+    worker_type: str
+    index: int
+    execution_mode: ExecutionMode
+    module: str
+    registration: Registration
+    executor_id: str
+    session_id: str
+    image: str | None = None
+    memory_limit: str = "1g"
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: The pre-registered row's id; ``None`` until pre-registration (and for ``self``).
+    db_worker_id: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identifies the worker within one pool: ``(worker_type, index)``."""
+        return (self.worker_type, self.index)
+
+    @property
+    def label(self) -> str:
+        return f"{self.worker_type}#{self.index}"
+
+    def with_db_id(self, db_worker_id: int) -> WorkerSpec:
+        return dataclasses.replace(self, db_worker_id=db_worker_id)
+
+
+def new_executor_id(mode: ExecutionMode, worker_type: str, index: int) -> str:
+    """``direct-<type>-<index>-<hex>``: unique across managers and runs."""
+    return f"{mode}-{worker_type}-{index}-{secrets.token_hex(4)}"
+
+
+def plan_workers(configs: Sequence[WorkerConfig], session_id: str) -> list[WorkerSpec]:
+    """Expand configs into specs; indices count per worker type across configs."""
+    next_index: dict[str, int] = {}
+    specs: list[WorkerSpec] = []
+    for config in configs:
+        for _ in range(config.count):
+            index = next_index.get(config.worker_type, 0)
+            next_index[config.worker_type] = index + 1
+            specs.append(
+                WorkerSpec(
+                    worker_type=config.worker_type,
+                    index=index,
+                    execution_mode=config.execution_mode,
+                    module=config.resolved_module,
+                    registration=config.registration,
+                    executor_id=new_executor_id(config.execution_mode, config.worker_type, index),
+                    session_id=session_id,
+                    image=config.image,
+                    memory_limit=config.memory_limit,
+                    env=dict(config.env),
+                )
+            )
+    return specs

@@ -1,0 +1,212 @@
+"""The manager's side of the SQLite file: rows, registrations, events, jobs.
+
+Blocking code: the async side calls it through ``trio.to_thread``.  One
+connection is shared by the threads that call in, serialised by a lock, so
+that every call sees the others' writes and the file has one writer of ours.
+Everything this class changes is scoped to its own ``session_id`` or to row
+ids it created: it never touches another manager's workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import schema
+from .plan import WorkerSpec
+
+
+@dataclass(frozen=True)
+class Event:
+    """One ``worker_events`` row to write."""
+
+    event_type: str
+    worker_type: str
+    worker_id: int | None = None
+    execution_mode: str | None = None
+    message: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Registry:
+    def __init__(self, db_path: Path, *, session_id: str) -> None:
+        self.db_path = Path(db_path)
+        self.session_id = session_id
+        self.managed_by = f"clm-workers@{socket.gethostname()}:{os.getpid()}"
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        #: Queries issued by :meth:`registered_rows` (benchmarks read it).
+        self.poll_queries = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (creating if missing) the database with CLM's schema and settings.
+
+        Raises :class:`sqlite3.Error` or :class:`OSError` when the file cannot
+        be created, opened or written: a fatal error for the whole pool.
+        """
+        with self._lock:
+            if self._conn is not None:
+                return
+            if not self.db_path.parent.is_dir():
+                raise FileNotFoundError(f"the folder {self.db_path.parent} does not exist")
+            conn = schema.connect(self.db_path, check_same_thread=False)
+            try:
+                schema.ensure_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("Registry.open() was not called")
+        return self._conn
+
+    # -- rows --------------------------------------------------------------
+
+    def pre_register(self, specs: Sequence[WorkerSpec], events: Iterable[Event] = ()) -> list[WorkerSpec]:
+        """Insert a ``created`` row for each ``pre`` spec, in one transaction.
+
+        Returns the specs with ``db_worker_id`` set (``self`` specs unchanged).
+        The events are written in the same transaction, so that an unwritable
+        database fails here, before anything is spawned.
+        """
+        result: list[WorkerSpec] = []
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for spec in specs:
+                    if spec.registration != "pre":
+                        result.append(spec)
+                        continue
+                    cursor = db.execute(
+                        "INSERT INTO workers (worker_type, container_id, status, execution_mode,"
+                        " config, session_id, managed_by, parent_pid)"
+                        " VALUES (?, ?, 'created', ?, ?, ?, ?, ?)",
+                        (
+                            spec.worker_type, spec.executor_id, spec.execution_mode,
+                            json.dumps({"module": spec.module, "image": spec.image}),
+                            self.session_id, self.managed_by, os.getpid(),
+                        ),
+                    )
+                    assert cursor.lastrowid is not None
+                    result.append(spec.with_db_id(cursor.lastrowid))
+                self._insert_events(db, events)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return result
+
+    def registered_rows(
+        self, db_ids: Collection[int], container_ids: Collection[str]
+    ) -> list[tuple[int, str]]:
+        """``(id, container_id)`` of the rows that show a registration, in one query.
+
+        A pre-registered row counts once it has left ``created``; a
+        self-registering worker counts once a row with its ``container_id`` exists.
+        """
+        with self._lock:
+            self.poll_queries += 1
+            rows = self._db().execute(
+                "SELECT id, container_id FROM workers"
+                " WHERE (id IN (SELECT value FROM json_each(?)) AND status != 'created')"
+                " OR container_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(db_ids)), json.dumps(list(container_ids))),
+            ).fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    def mark_dead(self, db_ids: Collection[int], container_ids: Collection[str] = ()) -> None:
+        """Record workers as ``dead``, by row id and by container id, in one transaction."""
+        if not db_ids and not container_ids:
+            return
+        with self._lock:
+            self._db().execute(
+                "UPDATE workers SET status = 'dead'"
+                " WHERE id IN (SELECT value FROM json_each(?))"
+                " OR container_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(db_ids)), json.dumps(list(container_ids))),
+            )
+
+    def live_rows(self) -> list[tuple[int, str, str]]:
+        """``(id, container_id, status)`` of this session's rows that claim a live worker."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT id, container_id, status FROM workers"
+                " WHERE session_id = ? AND status IN ('created', 'idle', 'busy')",
+                (self.session_id,),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    # -- events ------------------------------------------------------------
+
+    def record_events(self, events: Iterable[Event]) -> None:
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._insert_events(db, events)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _insert_events(self, db: sqlite3.Connection, events: Iterable[Event]) -> None:
+        db.executemany(
+            "INSERT INTO worker_events (event_type, worker_id, worker_type, execution_mode,"
+            " message, metadata, session_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    e.event_type, e.worker_id, e.worker_type, e.execution_mode, e.message,
+                    None if e.metadata is None else json.dumps(e.metadata), self.session_id,
+                )
+                for e in events
+            ],
+        )
+
+    # -- jobs (for the demo, tests and CLM-like callers) -------------------
+
+    def submit_job(
+        self,
+        job_type: str,
+        input_file: str,
+        output_file: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        priority: int = 0,
+    ) -> int:
+        """Queue one ``pending`` job for this session and return its id."""
+        with self._lock:
+            cursor = self._db().execute(
+                "INSERT INTO jobs (job_type, status, priority, input_file, output_file,"
+                " content_hash, payload, session_id) VALUES (?, 'pending', ?, ?, ?, '', ?, ?)",
+                (job_type, priority, input_file, output_file, json.dumps(payload or {}),
+                 self.session_id),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def job_statuses(self, job_ids: Collection[int]) -> dict[int, tuple[str, int | None]]:
+        """``{job id: (status, worker id)}`` for the given jobs."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT id, status, worker_id FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(job_ids)),),
+            ).fetchall()
+        return {int(r[0]): (str(r[1]), r[2]) for r in rows}

@@ -1,0 +1,229 @@
+"""The Trio startup engine: start every worker at once, safely.
+
+One nursery; one child task per worker; a :class:`trio.CapacityLimiter`
+bounding the blocking spawns (or, in ``registration`` slot mode, the workers
+between spawn and registration); one :class:`RegistrationWatcher` for all
+registrations; a deadline per worker.  This is the only module that knows
+about nurseries, limiters, deadlines and cleanup order.
+
+The promise: when :func:`start_workers` returns, every worker is either in
+``report.started`` (registered, running, owned by ``owner``) or in
+``report.failed`` (stopped, its row ``dead``).  When it raises, whatever the
+reason (a fatal error, ``fail_fast``, Ctrl-C, an outside cancellation), every
+worker it started has been stopped and no row of this start claims a live
+worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import trio
+
+from .backend import StartupBackend
+from .config import StartupSettings
+from .errors import FatalExecutorError, PoolStartupError
+from .executors.base import WorkerHandle
+from .ledger import LiveWorkers
+from .plan import WorkerSpec
+from .registry import Event
+from .report import FailedWorker, FailurePhase, ProgressEvent, StartedWorker, StartupReport
+from .stopping import stop_workers
+from .watcher import Exited, RegistrationWatcher
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+async def start_workers(
+    specs: Sequence[WorkerSpec],
+    backend: StartupBackend,
+    settings: StartupSettings,
+    owner: LiveWorkers,
+    on_progress: ProgressCallback | None = None,
+) -> StartupReport:
+    """Start ``specs`` and wait for each to register, exit or time out.
+
+    Raises :class:`PoolStartupError` for errors that would fail every worker
+    (the database cannot be written, the executor is unusable) and, with
+    ``settings.fail_fast``, for the first per-worker failure.
+
+    Cancellation: an outside cancellation or ``KeyboardInterrupt`` cancels all
+    pending starts, stops every worker already started (shielded, bounded by
+    ``settings.stop_bound``) and then propagates.
+    """
+    run = _StartupRun(backend, settings, owner, on_progress)
+    return await run.start(specs)
+
+
+class _StartupRun:
+    """State of one call of :func:`start_workers`."""
+
+    def __init__(
+        self,
+        backend: StartupBackend,
+        settings: StartupSettings,
+        owner: LiveWorkers,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.owner = owner
+        self.on_progress = on_progress
+        self.report = StartupReport()
+        self.specs: list[WorkerSpec] = []
+        self.fatal: str | None = None
+        self._t0 = trio.current_time()
+        self._limiter = trio.CapacityLimiter(settings.concurrency)
+        # In "registration" slot mode the task itself holds a token of
+        # ``_limiter``; a task may not borrow the same limiter twice, so its
+        # spawn runs under a limiter that never blocks.
+        self._spawn_limiter = (
+            self._limiter if settings.slot_mode == "spawn" else trio.CapacityLimiter(math.inf)
+        )
+        self._cancel_scope = trio.CancelScope()
+        self.watcher = RegistrationWatcher(
+            backend, settings.poll_interval, lambda exc: self.fail_fatal(f"watching registrations failed: {exc}")
+        )
+
+    def elapsed(self, at: float | None = None) -> float:
+        return (trio.current_time() if at is None else at) - self._t0
+
+    async def start(self, specs: Sequence[WorkerSpec]) -> StartupReport:
+        try:
+            self.specs = await self.backend.prepare(specs, [_pool_event("pool_starting", specs)])
+        except Exception as exc:
+            raise PoolStartupError(
+                f"cannot use the database: {exc}. Check that the path is right and its folder "
+                "is writable; no worker was started."
+            ) from exc
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.watcher.run)
+                    async with trio.open_nursery() as starters:
+                        for spec in self.specs:
+                            starters.start_soon(self._start_one, spec)
+                    nursery.cancel_scope.cancel()  # every worker is accounted for: stop watching
+        except BaseException:
+            await self._clean_up()
+            raise
+        self.report.duration = self.elapsed()
+        if self.fatal is not None:
+            await self._clean_up()
+            raise PoolStartupError(self.fatal, self.report)
+        await self.backend.record([
+            _pool_event("pool_started", self.specs, started=len(self.report.started),
+                        failed=len(self.report.failed), duration=round(self.report.duration, 3)),
+        ])
+        return self.report
+
+    def fail_fatal(self, reason: str) -> None:
+        """Record the first fatal reason and cancel every pending start."""
+        if self.fatal is None:
+            self.fatal = reason
+            log.error("pool startup failed: %s", reason)
+        self._cancel_scope.cancel()
+
+    # -- one worker ----------------------------------------------------------
+
+    async def _start_one(self, spec: WorkerSpec) -> None:
+        if self.settings.slot_mode == "registration":
+            async with self._limiter:
+                await self._spawn_and_wait(spec)
+        else:
+            await self._spawn_and_wait(spec)
+
+    async def _spawn_and_wait(self, spec: WorkerSpec) -> None:
+        try:
+            handle = await self.backend.spawn(spec, self._spawn_limiter, self.owner.own)
+        except FatalExecutorError as exc:
+            self.fail_fatal(str(exc))
+            return
+        except Exception as exc:
+            await self._fail(spec, None, "spawn", f"could not be started: {type(exc).__name__}: {exc}")
+            return
+        spawned_at = self.elapsed()
+        self._progress("spawned", spec)
+
+        outcome = None
+        with trio.move_on_after(self.settings.registration_timeout):
+            outcome = await self.watcher.wait(handle)
+        # Failures are handled outside the deadline's scope: stopping a worker
+        # must not be cut short because its registration deadline passed.
+        if outcome is None:
+            await self._fail(
+                spec, handle, "timeout",
+                f"did not register within {self.settings.registration_timeout:g} s; it was stopped",
+            )
+        elif isinstance(outcome, Exited):
+            await self._fail(
+                spec, handle, "exit", f"exited with code {outcome.exit_code} before registering",
+                exit_code=outcome.exit_code,
+            )
+        else:
+            self.report.started.append(StartedWorker(
+                worker_type=spec.worker_type, index=spec.index, executor_id=handle.executor_id,
+                db_worker_id=outcome.db_worker_id, spawned_at=spawned_at,
+                registered_at=self.elapsed(outcome.at), pid=handle.pid,
+            ))
+            self._progress("registered", spec)
+
+    async def _fail(
+        self,
+        spec: WorkerSpec,
+        handle: WorkerHandle | None,
+        phase: FailurePhase,
+        reason: str,
+        exit_code: int | None = None,
+    ) -> None:
+        """Stop what is left of a failed worker, mark its row dead, report it."""
+        tail = ""
+        if handle is not None:
+            await stop_workers(self.backend, [handle], grace=self.settings.stop_grace, owner=self.owner)
+            tail = (await self.backend.output_tail(handle)).strip()
+        await self.backend.mark_dead([spec], [handle] if handle else [])
+        if tail:
+            reason = f"{reason}; last output: {tail.splitlines()[-1]}"
+        failure = FailedWorker(
+            worker_type=spec.worker_type, index=spec.index, phase=phase, reason=reason,
+            executor_id=handle.executor_id if handle else None, exit_code=exit_code,
+            output_tail=tail,
+        )
+        self.report.failed.append(failure)
+        await self.backend.record([Event(
+            "worker_failed", spec.worker_type, spec.db_worker_id, spec.execution_mode,
+            f"{spec.label} failed ({phase}): {reason}", {"phase": phase, "elapsed": round(self.elapsed(), 3)},
+        )])
+        self._progress("failed", spec, reason)
+        if self.settings.fail_fast:
+            self.fail_fatal(f"{spec.label} failed ({phase}) and fail_fast is set: {reason}")
+
+    def _progress(self, kind: str, spec: WorkerSpec, detail: str = "") -> None:
+        if self.on_progress is not None:
+            self.on_progress(ProgressEvent(kind, spec.worker_type, spec.index, self.elapsed(), detail))  # type: ignore[arg-type]
+
+    # -- cleanup ---------------------------------------------------------------
+
+    async def _clean_up(self) -> None:
+        """Stop every worker this run started and release every row it created.
+
+        Shielded from outside cancellation, bounded by ``settings.stop_bound``.
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.settings.stop_bound
+            handles = self.owner.snapshot()
+            await stop_workers(self.backend, handles, grace=self.settings.stop_grace, owner=self.owner)
+            try:
+                await self.backend.mark_dead(self.specs, handles)
+            except Exception as exc:  # the database may be the very thing that failed
+                log.warning("could not mark this start's rows dead: %s", exc)
+        self.report.started.clear()
+
+
+def _pool_event(event_type: str, specs: Sequence[WorkerSpec], **metadata: object) -> Event:
+    types = sorted({s.worker_type for s in specs})
+    return Event(event_type, ",".join(types) or "-", metadata={"workers": len(specs), **metadata})

@@ -1,0 +1,216 @@
+"""A pure-Trio fake of the startup backend, for tests of the engine.
+
+No threads and no processes: fake workers follow a :class:`WorkerScript`
+in Trio's (virtual) time, so tests under ``MockClock(autojump_threshold=0)``
+are exact and a 10 s timeout costs nothing.  The fake keeps the books that
+the safety properties are checked against: how many spawns ran at once, how
+often each worker was killed, and which rows claim a live worker.
+
+Like ``trio.testing``, this is public so that callers such as CLM can test
+their own use of the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .backend import Own, PollResult
+from .errors import FatalExecutorError
+from .executors.base import WorkerHandle
+from .plan import WorkerSpec
+from .registry import Event
+
+
+class FakeSpawnError(RuntimeError):
+    pass
+
+
+class FakeStopError(RuntimeError):
+    pass
+
+
+class FakeDatabaseError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerScript:
+    """What one fake worker does, in seconds of (virtual) time."""
+
+    spawn_latency: float = 0.0
+    #: ``None``: spawn works; ``"error"``: it raises; ``"fatal"``: it raises FatalExecutorError.
+    spawn_failure: str | None = None
+    #: Seconds after its spawn until it registers; ``None``: never.
+    register_after: float | None = 0.5
+    #: Seconds after its spawn until it exits by itself; ``None``: never.
+    exit_after: float | None = None
+    exit_code: int = 3
+    #: Seconds it takes to exit after SIGTERM; ``None``: it ignores SIGTERM.
+    term_latency: float | None = 0.0
+    #: Kill raises (the worker still dies).
+    kill_raises: bool = False
+
+
+@dataclass(eq=False)
+class FakeWorker:
+    spec: WorkerSpec
+    script: WorkerScript
+    spawned_at: float
+    term_at: float | None = None
+    killed_at: float | None = None
+    kills: int = 0
+
+    def exit_time(self) -> float:
+        times = [math.inf]
+        if self.script.exit_after is not None:
+            times.append(self.spawned_at + self.script.exit_after)
+        if self.term_at is not None and self.script.term_latency is not None:
+            times.append(self.term_at + self.script.term_latency)
+        if self.killed_at is not None:
+            times.append(self.killed_at)
+        return min(times)
+
+    def running(self, now: float) -> bool:
+        return now < self.exit_time()
+
+    def registered_by(self, now: float) -> bool:
+        after = self.script.register_after
+        if after is None:
+            return False
+        at = self.spawned_at + after
+        # A worker can only register while alive; SIGTERM before registering ends it at once.
+        return at <= now and at < self.exit_time() and (self.term_at is None or at < self.term_at)
+
+
+@dataclass
+class FakeBackend:
+    """Implements :class:`~clm_workers.backend.StartupBackend` in pure Trio."""
+
+    scripts: Mapping[tuple[str, int], WorkerScript] = field(default_factory=dict)
+    default: WorkerScript = field(default_factory=WorkerScript)
+    #: From this (virtual) time on every poll raises, like a database that broke.
+    poll_fails_at: float | None = None
+    prepare_fails: bool = False
+
+    workers: list[FakeWorker] = field(default_factory=list)
+    rows: dict[int, str] = field(default_factory=dict)  # db id -> status
+    row_of: dict[tuple[str, int], int] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    spawning: int = 0
+    max_spawning: int = 0
+    polls: int = 0
+
+    def script_for(self, spec: WorkerSpec) -> WorkerScript:
+        return self.scripts.get(spec.key, self.default)
+
+    # -- the seam --------------------------------------------------------------
+
+    async def prepare(self, specs: Sequence[WorkerSpec], events: Sequence[Event]) -> list[WorkerSpec]:
+        await trio.lowlevel.checkpoint()
+        if self.prepare_fails:
+            raise FakeDatabaseError("attempt to write a readonly database")
+        result = []
+        for spec in specs:
+            db_id = len(self.rows) + 1
+            self.rows[db_id] = "created"
+            self.row_of[spec.key] = db_id
+            result.append(spec.with_db_id(db_id))
+        self.events.extend(events)
+        return result
+
+    async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
+        script = self.script_for(spec)
+        async with limiter:
+            self.spawning += 1
+            self.max_spawning = max(self.max_spawning, self.spawning)
+            try:
+                # Like a thread, the spawn is not cancellable once it has begun.
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(script.spawn_latency)
+            finally:
+                self.spawning -= 1
+            if script.spawn_failure == "fatal":
+                raise FatalExecutorError("the fake engine is unreachable")
+            if script.spawn_failure == "error":
+                raise FakeSpawnError(f"cannot spawn {spec.label}")
+            worker = FakeWorker(spec, script, spawned_at=trio.current_time())
+            self.workers.append(worker)
+            return own(WorkerHandle(spec, spec.executor_id, native=worker))
+
+    async def poll(self, handles: Sequence[WorkerHandle]) -> PollResult:
+        self.polls += 1
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        if self.poll_fails_at is not None and now >= self.poll_fails_at:
+            raise FakeDatabaseError("database disk image is malformed")
+        result = PollResult()
+        for handle in handles:
+            worker: FakeWorker = handle.native
+            if not worker.running(now):
+                result.exited[handle] = worker.script.exit_code
+            if worker.registered_by(now):
+                result.registered[handle] = self.row_of[handle.spec.key]
+        return result
+
+    async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        return {h: h.native.script.exit_code for h in handles if not h.native.running(now)}
+
+    async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        for handle in handles:
+            worker: FakeWorker = handle.native
+            if worker.term_at is None:
+                worker.term_at = now
+        return []
+
+    async def kill(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        failures: list[tuple[WorkerHandle, Exception]] = []
+        for handle in handles:
+            worker: FakeWorker = handle.native
+            worker.kills += 1
+            if worker.killed_at is None:
+                worker.killed_at = now
+            if worker.script.kill_raises:
+                failures.append((handle, FakeStopError(f"cannot kill {handle.spec.label}")))
+        return failures
+
+    async def output_tail(self, handle: WorkerHandle) -> str:
+        await trio.lowlevel.checkpoint()
+        return f"fake output of {handle.spec.label}"
+
+    async def mark_dead(self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = ()) -> None:
+        await trio.lowlevel.checkpoint()
+        for spec in specs:
+            db_id = self.row_of.get(spec.key)
+            if db_id is not None:
+                self.rows[db_id] = "dead"
+
+    async def record(self, events: Sequence[Event]) -> None:
+        await trio.lowlevel.checkpoint()
+        self.events.extend(events)
+
+    # -- the books ---------------------------------------------------------------
+
+    def row_status(self, key: tuple[str, int], now: float) -> str:
+        """The row as a real database would show it: workers flip it to idle."""
+        status = self.rows[self.row_of[key]]
+        if status == "created":
+            worker = self.worker_for(key)
+            if worker is not None and worker.registered_by(now):
+                return "idle"
+        return status
+
+    def worker_for(self, key: tuple[str, int]) -> FakeWorker | None:
+        return next((w for w in self.workers if w.spec.key == key), None)
+
+    def running_workers(self, now: float) -> list[FakeWorker]:
+        return [w for w in self.workers if w.running(now)]
