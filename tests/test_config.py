@@ -1,0 +1,114 @@
+"""Bad input is refused at construction with a message naming setting and allowed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager
+from clm_workers.config import DEFAULT_MODULES
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting", "allowed"),
+    [
+        ({"count": -1}, "count (worker 'notebook')", "a whole number from 0 to 1000"),
+        ({"count": 2.5}, "count (worker 'notebook')", "a whole number"),
+        ({"count": True}, "count (worker 'notebook')", "a whole number"),
+        ({"execution_mode": "k8s"}, "execution_mode (worker 'notebook')", "one of 'direct', 'docker'"),
+        ({"execution_mode": "docker"}, "image (worker 'notebook')", "when execution_mode is 'docker'"),
+        ({"module": "not a module"}, "module (worker 'notebook')", "a dotted Python module name"),
+        ({"module": "pkg..mod"}, "module (worker 'notebook')", "a dotted Python module name"),
+        ({"module": "1pkg.mod"}, "module (worker 'notebook')", "a dotted Python module name"),
+        ({"registration": "maybe"}, "registration (worker 'notebook')", "one of 'pre', 'self'"),
+        ({"memory_limit": "lots"}, "memory_limit (worker 'notebook')", "'512m' or '1g'"),
+        ({"env": {"BAD-NAME": "x"}}, "env (worker 'notebook')", "variable names"),
+        ({"env": {"N": 3}}, "env[N] (worker 'notebook')", "a string value"),
+    ],
+)
+def test_worker_config_rejects(kwargs, setting, allowed):
+    with pytest.raises(ConfigError) as info:
+        WorkerConfig(**{"worker_type": "notebook", "count": 1, **kwargs})
+    assert info.value.setting == setting
+    assert allowed in str(info.value)
+    assert str(info.value).startswith(f"{setting}: ")
+
+
+def test_unknown_type_needs_a_module():
+    with pytest.raises(ConfigError, match="'custom' has no CLM default"):
+        WorkerConfig("custom", 1)
+    assert WorkerConfig("custom", 1, module="my.worker").resolved_module == "my.worker"
+
+
+def test_clm_default_modules():
+    for worker_type, module in DEFAULT_MODULES.items():
+        assert WorkerConfig(worker_type, 1).resolved_module == module
+    assert DEFAULT_MODULES == {"notebook": "nb", "drawio": "drawio_converter",
+                               "plantuml": "plantuml_converter"}
+
+
+def manager(tmp_path, **kwargs):
+    return WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1)], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CLM_MAX_WORKER_STARTUP_CONCURRENCY": "abc"},
+         "max_startup_concurrency (env CLM_MAX_WORKER_STARTUP_CONCURRENCY): 'abc' is not allowed; "
+         "expected a whole number from 1 to 1000"),
+        ({"CLM_MAX_WORKER_STARTUP_CONCURRENCY": "0"},
+         "max_startup_concurrency (env CLM_MAX_WORKER_STARTUP_CONCURRENCY): 0 is not allowed"),
+        ({"CLM_MAX_WORKER_STARTUP_CONCURRENCY": "2.5"},
+         "max_startup_concurrency (env CLM_MAX_WORKER_STARTUP_CONCURRENCY): '2.5' is not allowed"),
+        ({"CLM_WORKER_REGISTRATION_TIMEOUT": "soon"},
+         "registration_timeout (env CLM_WORKER_REGISTRATION_TIMEOUT): 'soon' is not allowed; "
+         "expected a number of seconds from 0.1 to 3600"),
+        ({"CLM_WORKER_REGISTRATION_TIMEOUT": "nan"},
+         "registration_timeout (env CLM_WORKER_REGISTRATION_TIMEOUT): nan is not allowed"),
+        ({"CLM_WORKER_REGISTRATION_TIMEOUT": "-1"},
+         "registration_timeout (env CLM_WORKER_REGISTRATION_TIMEOUT): -1.0 is not allowed"),
+    ],
+)
+def test_bad_environment_values(tmp_path, monkeypatch, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        manager(tmp_path)
+    assert str(info.value).startswith(message)
+
+
+def test_environment_and_argument_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLM_MAX_WORKER_STARTUP_CONCURRENCY", "4")
+    monkeypatch.setenv("CLM_WORKER_REGISTRATION_TIMEOUT", "2.5")
+    from_env = manager(tmp_path)
+    assert (from_env.settings.concurrency, from_env.settings.registration_timeout) == (4, 2.5)
+    explicit = manager(tmp_path, max_startup_concurrency=7, registration_timeout=3)
+    assert (explicit.settings.concurrency, explicit.settings.registration_timeout) == (7, 3.0)
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLM_MAX_WORKER_STARTUP_CONCURRENCY", raising=False)
+    monkeypatch.delenv("CLM_WORKER_REGISTRATION_TIMEOUT", raising=False)
+    settings = manager(tmp_path).settings
+    assert (settings.concurrency, settings.registration_timeout, settings.slot_mode) == (10, 10.0, "spawn")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"max_startup_concurrency": 0}, "max_startup_concurrency"),
+        ({"max_startup_concurrency": "10"}, "max_startup_concurrency"),
+        ({"registration_timeout": 0}, "registration_timeout"),
+        ({"slot_mode": "always"}, "slot_mode"),
+        ({"stop_timeout": -2}, "stop_timeout"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, setting):
+    with pytest.raises(ConfigError) as info:
+        manager(tmp_path, **kwargs)
+    assert info.value.setting == setting
+
+
+def test_missing_workspace(tmp_path):
+    with pytest.raises(ConfigError, match="workspace_path: .* expected an existing folder"):
+        WorkerPoolManager(tmp_path / "jobs.db", tmp_path / "nope", [WorkerConfig("notebook", 1)])
