@@ -1,0 +1,288 @@
+"""The direct executor: each worker is a ``python -m <module>`` subprocess.
+
+Blocking and thread-safe: the startup engine calls every method through
+``trio.to_thread``, many at once for different handles.  Nothing here knows
+about the database.
+
+Two choices shape this module (see DESIGN.md):
+
+* Each worker leads its own process group (``process_group=0``, which, unlike
+  ``preexec_fn``, is safe when many threads spawn at once).  Stop and kill
+  signal the whole group, so a worker's own children go with it.
+* Orphan protection is a *lifeline*: one pipe per executor whose write end only
+  this process holds and never writes to.  Every worker inherits the read end
+  (its number is in ``CLM_LIFELINE_FD``) and exits on EOF, which the kernel
+  delivers when the manager dies for any reason, SIGKILL included.  Linux's
+  parent-death signal is not used: it fires when the *thread* that spawned the
+  worker exits, and Trio's worker threads come and go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import FatalExecutorError
+from ..plan import WorkerSpec
+from .base import WorkerHandle, protocol_environment
+
+__all__ = ["DirectExecutor", "LIFELINE_ENV"]
+
+log = logging.getLogger(__name__)
+
+#: The variable that tells a worker which inherited fd is the lifeline's read end.
+LIFELINE_ENV = "CLM_LIFELINE_FD"
+
+#: How long :meth:`DirectExecutor.kill` waits for a SIGKILLed worker to be reaped.
+_KILL_REAP_TIMEOUT = 5.0
+
+# Errors that every start would hit the same way: the interpreter, the
+# workspace or the log folder is missing or not accessible.
+_FATAL_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOEXEC})
+
+
+class DirectExecutor:
+    """Start CLM workers as local subprocesses (``execution_mode="direct"``).
+
+    ``db_path`` and ``workspace_path`` are passed to the workers in the
+    protocol's variables; the workspace is also their working directory.  Each
+    worker's stdout and stderr are appended to ``log_dir/<executor_id>.log``.
+    ``extra_env`` is applied over this process's environment and under the
+    protocol variables (which the worker config's ``env`` may still override).
+
+    Call :meth:`close` after every worker is stopped: it drops the lifeline, so
+    any worker still running exits by itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        db_path: Path,
+        workspace_path: Path,
+        log_dir: Path,
+        python: str = sys.executable,
+        log_level: str = "INFO",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.workspace_path = Path(workspace_path)
+        self.log_dir = Path(log_dir)
+        self.python = python
+        self.log_level = log_level
+        self.extra_env = dict(extra_env or {})
+        # Both ends are non-inheritable (PEP 446); pass_fds makes the read end,
+        # and only it, inheritable in each worker.  Concurrent spawns from other
+        # threads therefore never leak the write end into any child.
+        self._lifeline_read, self._lifeline_write = os.pipe()
+        # Guards _closed and counts starts in flight, so close() never closes
+        # (and the OS never reuses) the read end's number while a spawn passes it.
+        self._state = threading.Condition()
+        self._closed = False
+        self._starts_in_flight = 0
+
+    # -- Executor protocol ---------------------------------------------------
+
+    def start(self, spec: WorkerSpec) -> WorkerHandle:
+        """Spawn ``python -m <spec.module>``; return at once (no wait for registration).
+
+        Raises :class:`FatalExecutorError` when the interpreter, the workspace
+        or the log folder is missing or inaccessible (every start would fail),
+        :class:`RuntimeError` for any other spawn failure or after
+        :meth:`close`.  On error no process is left behind.
+        """
+        with self._state:
+            if self._closed:
+                raise RuntimeError("DirectExecutor is closed; cannot start more workers")
+            self._starts_in_flight += 1
+        try:
+            return self._spawn(spec)
+        finally:
+            with self._state:
+                self._starts_in_flight -= 1
+                self._state.notify_all()
+
+    def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
+        """Exit codes of the handles whose process has ended (negative: killed by signal).
+
+        Non-blocking; reaps the processes it reports.
+        """
+        codes: dict[WorkerHandle, int] = {}
+        for handle in handles:
+            code = _popen(handle).poll()
+            if code is not None:
+                codes[handle] = code
+        return codes
+
+    def request_stop(self, handle: WorkerHandle) -> None:
+        """Send SIGTERM to the worker's process group; returns at once; idempotent."""
+        popen = _popen(handle)
+        if popen.returncode is not None:
+            return  # reaped: its pid may already belong to someone else
+        _signal_group(popen.pid, signal.SIGTERM)
+
+    def kill(self, handle: WorkerHandle) -> None:
+        """SIGKILL the worker's whole process group and reap the worker.
+
+        Idempotent and safe after the worker exited.  The group is signalled
+        even then, to take any children the worker left behind (Linux does
+        not reuse a pid while it still names a process group).
+        """
+        popen = _popen(handle)
+        _signal_group(popen.pid, signal.SIGKILL)
+        try:
+            popen.wait(timeout=_KILL_REAP_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        # The worker left its group (setpgid/setsid) or is stuck in the kernel.
+        log.warning(
+            "worker %s (pid %s) survived SIGKILL of its group; killing the pid",
+            handle.spec.label,
+            popen.pid,
+        )
+        try:
+            popen.kill()
+            popen.wait(timeout=_KILL_REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.error(
+                "worker %s (pid %s) could not be reaped after SIGKILL", handle.spec.label, popen.pid
+            )
+
+    def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
+        """The last ``lines`` lines of the worker's log (stdout + stderr); "" if none."""
+        return _tail(self.log_path(handle.spec), lines)
+
+    def close(self) -> None:
+        """Close both ends of the lifeline; idempotent.
+
+        Waits for starts in flight to finish; later starts raise RuntimeError.
+        Any worker still running sees EOF on its lifeline and exits.
+        """
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._state.wait_for(lambda: self._starts_in_flight == 0)
+        for fd in (self._lifeline_write, self._lifeline_read):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- extras --------------------------------------------------------------
+
+    @property
+    def lifeline_fd(self) -> int:
+        """The lifeline's read end as this process numbers it (workers get the same number)."""
+        return self._lifeline_read
+
+    def log_path(self, spec: WorkerSpec) -> Path:
+        """Where the worker's stdout and stderr go."""
+        return self.log_dir / f"{spec.executor_id}.log"
+
+    def command(self, spec: WorkerSpec) -> list[str]:
+        return [self.python, "-m", spec.module]
+
+    # -- internals -----------------------------------------------------------
+
+    def _environment(self, spec: WorkerSpec) -> dict[str, str]:
+        env = os.environ.copy()
+        env.update(self.extra_env)
+        env.update(
+            protocol_environment(
+                spec,
+                db_path=self.db_path,
+                workspace_path=self.workspace_path,
+                log_level=self.log_level,
+            )
+        )
+        env[LIFELINE_ENV] = str(self._lifeline_read)
+        return env
+
+    def _spawn(self, spec: WorkerSpec) -> WorkerHandle:
+        cmd = self.command(spec)
+        log_path = self.log_path(spec)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            created_log = not log_path.exists()
+            log_file = open(log_path, "ab")  # noqa: SIM115 - closed right after Popen
+        except OSError as exc:
+            raise FatalExecutorError(
+                f"cannot open the log file {log_path} for worker {spec.label}: {exc}; "
+                "check that the log folder is writable"
+            ) from exc
+        try:
+            popen = subprocess.Popen(
+                cmd,
+                env=self._environment(spec),
+                cwd=self.workspace_path,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                close_fds=True,
+                pass_fds=(self._lifeline_read,),
+                process_group=0,
+            )
+        except BaseException as exc:
+            if created_log:
+                _unlink_quietly(log_path)
+            described = f"{' '.join(cmd)!r} (cwd {str(self.workspace_path)!r})"
+            if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
+                raise FatalExecutorError(
+                    f"cannot start worker {spec.label}: {described}: {exc.strerror or exc}; "
+                    "check the Python interpreter and the workspace folder"
+                ) from exc
+            if isinstance(exc, Exception):
+                raise RuntimeError(f"cannot start worker {spec.label}: {described}: {exc}") from exc
+            raise
+        finally:
+            log_file.close()  # the worker has its own copy
+        return WorkerHandle(spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid)
+
+
+def _popen(handle: WorkerHandle) -> subprocess.Popen[bytes]:
+    native = handle.native
+    if not isinstance(native, subprocess.Popen):
+        raise TypeError(f"handle of {handle.spec.label} was not made by a DirectExecutor")
+    return native
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    # Gone already (PermissionError: macOS reports a group of zombies so).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _tail(path: Path, lines: int, block: int = 8192) -> str:
+    """The last ``lines`` lines of ``path``, reading backwards from its end."""
+    if lines <= 0:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            pos = end
+            data = b""
+            # One newline more than needed: the file usually ends with one.
+            while pos > 0 and data.count(b"\n") <= lines:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace").rstrip("\n")
+    if not text:
+        return ""
+    # Split on "\n" only: a progress bar's "\r" is not a line of its own.
+    return "\n".join(line.rstrip("\r") for line in text.split("\n")[-lines:])
