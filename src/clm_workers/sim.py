@@ -1,0 +1,107 @@
+"""A simulated worker on :mod:`clm_workers.worker`, for demos, tests and benchmarks.
+
+``python -m clm_workers.sim`` behaves like a CLM worker whose boot and failures
+are set by the environment (on top of the runtime's variables):
+
+``CLM_SIM_BOOT_DELAY``
+    seconds to sleep before registering (interruptible by a stop).
+``CLM_SIM_BOOT_CPU``
+    seconds of busy CPU (this thread's CPU time) before registering, to model
+    import cost that competes for the cores.
+``CLM_SIM_FAIL``
+    ``crash``: after the boot, print one line and exit 3 without registering;
+    ``hang``: never register, wait until stopped or killed; empty: work.
+
+A job copies ``input_file`` to ``output_file`` (relative to the workspace)
+after sleeping ``payload["seconds"]`` and returns ``{"bytes": n}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from .worker import Job, WorkerContext, run_worker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+FAIL_MODES = ("crash", "hang")
+CRASH_MESSAGE = "clm_workers.sim: simulated crash (CLM_SIM_FAIL=crash)"
+
+
+class _SimConfigError(Exception):
+    pass
+
+
+def handle(job: Job, ctx: WorkerContext) -> dict[str, Any]:
+    """Copy the input file to the output file, slowly if the payload says so."""
+    data = (ctx.workspace / job.input_file).read_bytes()
+    seconds = float(job.payload.get("seconds", 0))
+    if seconds > 0:
+        time.sleep(seconds)
+    output = ctx.workspace / job.output_file
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(data)
+    return {"bytes": len(data)}
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise _SimConfigError(f"{name}: {text!r} is not allowed; expected a number of seconds >= 0")
+    return value
+
+
+def make_boot(env: Mapping[str, str]) -> Callable[[threading.Event], None]:
+    """The boot step the environment asks for; raises ``_SimConfigError`` if it is wrong."""
+    delay = _seconds(env, "CLM_SIM_BOOT_DELAY")
+    cpu = _seconds(env, "CLM_SIM_BOOT_CPU")
+    fail = env.get("CLM_SIM_FAIL", "").strip()
+    if fail and fail not in FAIL_MODES:
+        raise _SimConfigError(
+            f"CLM_SIM_FAIL: {fail!r} is not allowed; expected crash, hang or empty"
+        )
+
+    def boot(stopping: threading.Event) -> None:
+        if delay:
+            stopping.wait(delay)
+        if cpu:
+            end = time.thread_time() + cpu
+            while time.thread_time() < end and not stopping.is_set():
+                for _ in range(10_000):
+                    pass
+        if stopping.is_set():
+            return
+        if fail == "crash":
+            sys.stderr.write(CRASH_MESSAGE + "\n")
+            sys.stderr.flush()
+            raise SystemExit(3)
+        if fail == "hang":
+            stopping.wait()
+
+    return boot
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    try:
+        boot = make_boot(env)
+    except _SimConfigError as exc:
+        sys.stderr.write(f"clm_workers.sim: {exc}\n")
+        return 2
+    return run_worker(handle, boot=boot, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
