@@ -83,7 +83,8 @@ async def test_worker_that_never_registers_times_out_and_is_stopped(autojump_clo
 
 
 async def test_exit_before_registration_fails_at_once_not_after_timeout(autojump_clock):
-    backend = FakeBackend(scripts={("notebook", 0): WorkerScript(register_after=None, exit_after=0.2, exit_code=3)})
+    crasher = WorkerScript(register_after=None, exit_after=0.2, exit_code=3)
+    backend = FakeBackend(scripts={("notebook", 0): crasher})
     owner = LiveWorkers()
     report = await start_workers(specs(2), backend, settings(), owner)
     [failed] = report.failed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -120,7 +119,9 @@ async def test_unusable_database_is_fatal_and_starts_nothing(tmp_path, where):
 @pytest.mark.parametrize("cancel_after", [0.0, 0.05, 0.3, 0.9])
 async def test_cancellation_mid_start_leaves_nothing(tmp_path, cancel_after):
     db = tmp_path / "jobs.db"
-    manager = WorkerPoolManager(db, tmp_path, [sim(count=12, boot=0.6)], max_startup_concurrency=4)
+    # Quick workers register before the later cancellation points, slow ones never do.
+    configs = [sim(count=6, boot=0.2), sim("plantuml", 6, boot=30)]
+    manager = WorkerPoolManager(db, tmp_path, configs, max_startup_concurrency=4)
     with trio.move_on_after(cancel_after) as scope:
         await manager.start_pools()
     assert scope.cancelled_caught

@@ -24,7 +24,15 @@ _EXPORTS = {
     "FailedWorker": "report",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ConfigError",
+    "FailedWorker",
+    "PoolStartupError",
+    "StartedWorker",
+    "StartupReport",
+    "WorkerConfig",
+    "WorkerPoolManager",
+]
 
 if TYPE_CHECKING:
     from .config import WorkerConfig

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from .errors import ConfigError
+from .plan import ExecutionMode, Registration
 
 #: CLM 0.3's worker modules by type (clm-protocol.md).
 DEFAULT_MODULES: Mapping[str, str] = {
@@ -47,12 +48,12 @@ class WorkerConfig:
 
     worker_type: str
     count: int
-    execution_mode: str = "direct"
+    execution_mode: ExecutionMode = "direct"
     image: str | None = None
     memory_limit: str = "1g"
     module: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    registration: str = "pre"
+    registration: Registration = "pre"
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_type, str) or not _WORKER_TYPE.fullmatch(self.worker_type):
@@ -187,7 +188,7 @@ def build_settings(
     slot_mode: str,
     fail_fast: bool,
     stop_timeout: float | None,
-    poll_interval: float,
+    poll_interval: float | None,
     environ: Mapping[str, str] | None = None,
 ) -> StartupSettings:
     """Resolve explicit arguments > environment > defaults, and validate them."""

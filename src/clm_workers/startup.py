@@ -86,7 +86,8 @@ class _StartupRun:
         )
         self._cancel_scope = trio.CancelScope()
         self.watcher = RegistrationWatcher(
-            backend, settings.poll_interval, lambda exc: self.fail_fatal(f"watching registrations failed: {exc}")
+            backend, settings.poll_interval,
+            on_error=lambda exc: self.fail_fatal(f"watching registrations failed: {exc}"),
         )
 
     def elapsed(self, at: float | None = None) -> float:
