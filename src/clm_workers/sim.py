@@ -22,12 +22,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
 
 from .worker import Job, WorkerContext, run_worker
 
+# Annotations only: every worker imports this module before it registers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 FAIL_MODES = ("crash", "hang")

@@ -54,29 +54,36 @@ before registration.
 
 from __future__ import annotations
 
-import json
-import logging
+# Only what registration needs is imported here: a pool boots all its workers
+# at once on the same cores, so every millisecond of import CPU before a worker
+# registers delays the whole pool.  ``json``, ``pathlib`` and ``traceback`` are
+# imported where a job needs them, and ``logging`` (with ``re``, ``enum``,
+# ``traceback``... about 4 ms) is replaced by :class:`_Log`.
 import os
-import signal
 import sqlite3
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Mapping
-from pathlib import Path
+
+# Free: ``sqlite3`` imports ``collections.abc`` anyway; ``Handler`` needs it at run time.
+from collections.abc import Callable
 
 from . import schema
 
 # Not ``typing.TYPE_CHECKING``: importing ``typing`` costs every worker time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
+    from collections.abc import Mapping
+    from pathlib import Path
     from types import FrameType
     from typing import Any
+else:
+    # The C half of ``signal`` (same functions and constants, but ints instead
+    # of enums): ``import signal`` imports ``enum``, another ~1.5 ms.
+    import _signal
 
 __all__ = ["Handler", "Job", "WorkerContext", "run_worker"]
-
-log = logging.getLogger("clm_workers.worker")
 
 EXIT_OK = 0
 EXIT_DB_ERROR = 1
@@ -184,6 +191,50 @@ class WorkerContext(_FrozenRecord):
 Handler = Callable[[Job, WorkerContext], "dict[str, Any] | None"]
 
 
+# --------------------------------------------------------------------------- logging
+
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+class _Log:
+    """The runtime's log lines on stderr: ``clm-worker[<type>#<pid>] LEVEL message``.
+
+    A stand-in for a :mod:`logging` logger (same ``%``-style calls) that costs
+    nothing to import.  :func:`run_worker` sets the level and the prefix.
+    """
+
+    def __init__(self) -> None:
+        self.level = _LEVELS["INFO"]
+        self.prefix = "clm-worker"
+        self._lock = threading.Lock()
+
+    def _log(self, level: str, msg: str, args: tuple[object, ...]) -> None:
+        if _LEVELS[level] < self.level:
+            return
+        line = f"{self.prefix} {level} {msg % args if args else msg}\n"
+        with self._lock:
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()  # before a possible os._exit
+            except (OSError, ValueError, AttributeError):  # no usable stderr: drop the line
+                pass
+
+    def debug(self, msg: str, *args: object) -> None:
+        self._log("DEBUG", msg, args)
+
+    def info(self, msg: str, *args: object) -> None:
+        self._log("INFO", msg, args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self._log("WARNING", msg, args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self._log("ERROR", msg, args)
+
+
+log = _Log()
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -201,8 +252,9 @@ class _Config:
             raise _ConfigError(
                 "CLM_JOBS_DB_PATH (or DB_PATH) is not set; expected the path of the jobs database"
             )
-        self.db_path = Path(db_path)
-        self.workspace = Path(env.get("WORKSPACE_PATH") or ".")
+        self.db_path = db_path
+        #: A string: ``pathlib`` is imported only when a job needs the ``Path``.
+        self.workspace = env.get("WORKSPACE_PATH") or "."
         worker_id = env.get("CLM_WORKER_ID") or None
         self.db_worker_id = None if worker_id is None else _positive_int("CLM_WORKER_ID", worker_id)
         self.container_id = env.get("WORKER_ID") or env.get("HOSTNAME") or ""
@@ -374,6 +426,7 @@ class _Runtime:
         #: (job id) of the job claimed by this worker and not yet finished.
         self.current_job: int | None = None
         self.conn: sqlite3.Connection | None = None
+        self._logging_configured = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
@@ -435,7 +488,7 @@ class _Runtime:
             if self.current_job is not None:
                 log.warning("job %d did not finish in time; giving it up", self.current_job)
             try:
-                conn = sqlite3.connect(str(self.cfg.db_path), timeout=0.5, isolation_level=None)
+                conn = sqlite3.connect(self.cfg.db_path, timeout=0.5, isolation_level=None)
                 conn.execute("BEGIN IMMEDIATE")
                 if self.current_job is not None:
                     conn.execute(_RELEASE_JOB, (self.current_job, self.db_worker_id))
@@ -480,6 +533,7 @@ class _Runtime:
                 os.getpid(),
                 self.cfg.db_path,
             )
+            self._configure_logging_if_imported()
             try:
                 if boot is not None:
                     boot(self.stopping)
@@ -511,10 +565,28 @@ class _Runtime:
                 fd, self._wake_w = self._wake_w, -1
                 os.close(fd)  # ends the stop controller if it still waits
 
+    def _configure_logging_if_imported(self) -> None:
+        """Set up the root logger for a boot or handler that uses :mod:`logging`.
+
+        What ``logging.basicConfig`` always did (a no-op if the application
+        configured logging itself), but only once something has imported
+        ``logging``: a worker that never uses it does not pay for the import.
+        Called before the boot and before each job.
+        """
+        logging = sys.modules.get("logging")
+        if logging is None or self._logging_configured:
+            return
+        self._logging_configured = True
+        logging.basicConfig(
+            level=self.cfg.log_level,
+            format=log.prefix.replace("%", "%%") + " %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+
     def _open_database(self) -> sqlite3.Connection:
         path = self.cfg.db_path
         try:
-            fresh = path.stat().st_size == 0
+            fresh = os.stat(path).st_size == 0
         except FileNotFoundError:
             fresh = True
         conn = schema.connect(path)
@@ -525,7 +597,8 @@ class _Runtime:
     def _register(self, conn: sqlite3.Connection) -> int | None:
         """Activate or insert our row; ``None`` on success, else the exit code."""
         cfg = self.cfg
-        metadata = json.dumps({"registered_at_unix": time.time(), "pid": os.getpid()})
+        # What ``json.dumps`` writes for these two numbers, without importing ``json``.
+        metadata = f'{{"registered_at_unix": {time.time()!r}, "pid": {os.getpid()}}}'
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -652,10 +725,14 @@ class _Runtime:
         return tuple(row)
 
     def _run(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        import json  # deferred to the first job, see the imports
+        from pathlib import Path
+
         assert self.db_worker_id is not None
+        self._configure_logging_if_imported()
         job_id, job_type, input_file, output_file, payload_text, attempts = row
         context = WorkerContext(
-            self.cfg.worker_type, self.db_worker_id, self.cfg.workspace, self.stopping
+            self.cfg.worker_type, self.db_worker_id, Path(self.cfg.workspace), self.stopping
         )
         started = time.monotonic()
         try:
@@ -666,6 +743,8 @@ class _Runtime:
             result = self.handler(job, context)
             result_text = None if result is None else json.dumps(result)
         except Exception as exc:
+            import traceback
+
             seconds = time.monotonic() - started
             error = f"{type(exc).__name__}: {exc}"
             self._finish(
@@ -755,7 +834,7 @@ def _row_state(conn: sqlite3.Connection, worker_id: int) -> str:
     return f"its status is {rows[0][0]!r}, not 'created'"
 
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_SIGNALS = (_signal.SIGTERM, _signal.SIGINT)
 
 
 def _install_signal_handlers(
@@ -766,13 +845,13 @@ def _install_signal_handlers(
         log.warning("not on the main thread: SIGTERM/SIGINT are not handled")
         return previous
     for signum in _SIGNALS:
-        previous[signum] = signal.signal(signum, handler)
+        previous[signum] = _signal.signal(signum, handler)
     return previous
 
 
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:
     for signum, old in previous.items():
-        signal.signal(signum, old if old is not None else signal.SIG_DFL)
+        _signal.signal(signum, old if old is not None else _signal.SIG_DFL)
 
 
 def run_worker(
@@ -798,11 +877,6 @@ def run_worker(
     except _ConfigError as exc:
         sys.stderr.write(f"clm_workers.worker: {exc}\n")
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s "
-        + config.worker_type.replace("%", "%%")
-        + "[%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
+    log.level = _LEVELS[config.log_level]
+    log.prefix = f"clm-worker[{config.worker_type}#{os.getpid()}]"
     return _Runtime(config, handler).run(boot)
