@@ -18,10 +18,11 @@ from pathlib import Path
 import trio
 
 from .backend import ThreadedBackend
-from .config import WorkerConfig, build_settings
+from .config import WorkerConfig, build_settings, resolve_number
 from .errors import ConfigError
 from .executors.base import Executor
 from .executors.direct import DirectExecutor
+from .lease import DEFAULT_TTL_SECONDS
 from .ledger import LiveWorkers
 from .plan import plan_workers
 from .registry import Event, Registry
@@ -53,6 +54,7 @@ class WorkerPoolManager:
         poll_interval: float | None = None,
         log_level: str = "INFO",
         log_dir: Path | str | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         """Validate everything; start nothing.
 
@@ -62,6 +64,10 @@ class WorkerPoolManager:
         or 5 s.  ``slot_mode="registration"`` makes each worker hold its startup
         slot until it registered (the original proposal's semantics).  Raises
         :class:`ConfigError` for any value that is not allowed.
+
+        ``lease_ttl`` (``CLM_SESSION_LEASE_TTL``, 10 s): how long workers outlive
+        a manager that died without stopping them and cannot reach them by
+        its lifeline (containers), see :mod:`clm_workers.lease`.
         """
         self.db_path = Path(db_path)
         self.workspace_path = Path(workspace_path)
@@ -78,6 +84,10 @@ class WorkerPoolManager:
             fail_fast=fail_fast,
             stop_timeout=stop_timeout,
             poll_interval=poll_interval,
+        )
+        self.lease_ttl = resolve_number(
+            "lease_ttl", lease_ttl, env_var="CLM_SESSION_LEASE_TTL", default=DEFAULT_TTL_SECONDS,
+            kind=float, minimum=1.0, maximum=3600.0,
         )
         self.log_level = log_level
         self.session_id = uuid.uuid4().hex
@@ -166,7 +176,7 @@ class WorkerPoolManager:
                 log_level=self.log_level,
             ),
         }
-        registry = Registry(self.db_path, session_id=self.session_id)
+        registry = Registry(self.db_path, session_id=self.session_id, lease_ttl=self.lease_ttl)
         return ThreadedBackend(registry, executors, fan_out=self.settings.concurrency)
 
     def _close(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
+from .lease import SessionLease
 from .plan import WorkerSpec
 
 
@@ -36,9 +37,11 @@ class Event:
 
 
 class Registry:
-    def __init__(self, db_path: Path, *, session_id: str) -> None:
+    def __init__(self, db_path: Path, *, session_id: str, lease_ttl: float | None = None) -> None:
+        """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open."""
         self.db_path = Path(db_path)
         self.session_id = session_id
+        self._lease = None if lease_ttl is None else SessionLease(self.db_path, session_id, ttl=lease_ttl)
         self.managed_by = f"clm-workers@{socket.gethostname()}:{os.getpid()}"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -61,14 +64,19 @@ class Registry:
             conn = schema.connect(self.db_path, check_same_thread=False)
             try:
                 schema.ensure_schema(conn)
+                if self._lease is not None:
+                    self._lease.start()
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
 
     def close(self) -> None:
+        """Close the connection and expire this session's lease."""
         with self._lock:
             if self._conn is not None:
+                if self._lease is not None:
+                    self._lease.stop()
                 self._conn.close()
                 self._conn = None
 
@@ -153,6 +161,14 @@ class Registry:
                 (self.session_id,),
             ).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def expired_sessions(self) -> list[str]:
+        """Sessions whose manager stopped renewing its lease: their manager is gone."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT session_id FROM clm_worker_sessions WHERE lease_expires_at < julianday('now')"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     # -- events ------------------------------------------------------------
 

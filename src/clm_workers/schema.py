@@ -99,6 +99,15 @@ CREATE TABLE IF NOT EXISTS results_cache (
     access_count INTEGER DEFAULT 0,
     UNIQUE (output_file, content_hash)
 );
+-- clm-workers' own (CLM ignores it): one row per manager session; the
+-- manager keeps lease_expires_at (a julianday) in the future while it lives.
+CREATE TABLE IF NOT EXISTS clm_worker_sessions (
+    session_id TEXT PRIMARY KEY,
+    pid INTEGER,
+    host TEXT,
+    started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    lease_expires_at REAL NOT NULL
+);
 INSERT OR IGNORE INTO schema_version (version) VALUES (11);
 """
 

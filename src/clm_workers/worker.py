@@ -350,6 +350,9 @@ _REGISTERED_EVENT = (
     "(SELECT execution_mode FROM workers WHERE id = ?), ?, ?, ?)"
 )
 _HEARTBEAT = "UPDATE workers SET last_heartbeat = CURRENT_TIMESTAMP WHERE id = ?"
+_LEASE_EXPIRED = (
+    "SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions WHERE session_id = ?"
+)
 _SET_STATUS = "UPDATE workers SET status = ? WHERE id = ?"
 _CANDIDATE = (
     "SELECT id, job_type, input_file, output_file, payload, attempts FROM jobs "
@@ -436,7 +439,7 @@ class _Runtime:
         """Ask the main loop to stop (any thread but the signal handler's)."""
         with self._stop_lock:
             now = time.monotonic()
-            if reason == "parent_died" and self.parent_died_at is None:
+            if reason in _MANAGER_GONE and self.parent_died_at is None:
                 self.parent_died_at = now
             if self.stop_reason is None:
                 self.stop_reason = reason
@@ -508,6 +511,35 @@ class _Runtime:
             pass
         self.request_stop("parent_died")
 
+    def _watch_lease(self) -> None:
+        """Stop like an orphan once the manager's session lease has expired.
+
+        Containers cannot inherit the lifeline pipe; the lease (a row the
+        manager keeps renewing, see ``clm_workers.lease``) is their lifeline.
+        Checked from boot on, so a worker that never registers stops too.  A
+        database without the lease table, or without this session's row, has
+        no lease to watch (a CLM-started worker, or a test).
+        """
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self.done.wait(self.cfg.heartbeat_interval):
+                try:
+                    conn = conn or schema.connect(self.cfg.db_path)
+                    row = conn.execute(_LEASE_EXPIRED, (self.cfg.session_id,)).fetchone()
+                except sqlite3.OperationalError as exc:
+                    if "no such table" in str(exc):
+                        return
+                    log.warning("cannot check the session lease: %s", exc)
+                    continue
+                if row is None:
+                    return
+                if row[0]:
+                    self.request_stop("lease_expired")
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
     def exit_code(self) -> int:
         """70 once the manager is gone, else the first stop reason's code (0 if asked)."""
         if self.parent_died_at is not None:
@@ -527,6 +559,8 @@ class _Runtime:
                 threading.Thread(
                     target=self._lifeline, args=(fd,), name="clm-lifeline", daemon=True
                 ).start()
+            if self.cfg.session_id is not None:
+                threading.Thread(target=self._watch_lease, name="clm-lease", daemon=True).start()
             log.info(
                 "worker starting: type=%s pid=%d db=%s",
                 self.cfg.worker_type,
@@ -818,8 +852,11 @@ class _Runtime:
 
 
 _EXIT_CODES = {"database errors": EXIT_DB_ERROR}
+#: Stop reasons that mean the manager is dead: short grace, exit code 70.
+_MANAGER_GONE = ("parent_died", "lease_expired")
 _REASONS = {
     "parent_died": "the manager is gone: lifeline closed",
+    "lease_expired": "the manager is gone: its session lease expired",
     "row_deleted": "the worker's row was deleted",
 }
 
