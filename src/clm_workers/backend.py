@@ -109,11 +109,15 @@ class ThreadedBackend:
         # Exits first: a worker that registers between the two looks registered,
         # never "exited before registering".
         result = PollResult(exited=self._exit_codes_blocking(handles))
-        by_db_id = {h.spec.db_worker_id: h for h in handles if h.spec.registration == "pre"}
+        by_db_id = {
+            h.spec.db_worker_id: h
+            for h in handles
+            if h.spec.registration == "pre" and h.spec.db_worker_id is not None
+        }
         by_container = {
             cid: h for h in handles if h.spec.registration == "self" for cid in _match_ids(h)
         }
-        for row_id, container_id in self.registry.registered_rows(by_db_id.keys(), by_container.keys()):  # type: ignore[arg-type]
+        for row_id, container_id in self.registry.registered_rows(by_db_id.keys(), by_container.keys()):
             handle = by_db_id.get(row_id) or by_container.get(container_id)
             if handle is not None:
                 result.registered[handle] = row_id
