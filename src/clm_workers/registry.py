@@ -140,17 +140,99 @@ class Registry:
             ).fetchall()
         return [(int(row[0]), str(row[1])) for row in rows]
 
-    def mark_dead(self, db_ids: Collection[int], container_ids: Collection[str] = ()) -> None:
-        """Record workers as ``dead``, by row id and by container id, in one transaction."""
+    def mark_dead(
+        self, db_ids: Collection[int], container_ids: Collection[str] = (), *, reason: str = "worker stopped"
+    ) -> int:
+        """Record workers ``dead`` and give back their in-flight jobs, in one transaction.
+
+        A ``processing`` job of such a worker goes back to ``pending`` while
+        ``attempts < max_attempts``, else it becomes ``failed`` with ``reason``:
+        a dead worker never holds a job.  Returns how many jobs went back to pending.
+        """
         if not db_ids and not container_ids:
-            return
+            return 0
+        params = (json.dumps(list(db_ids)), json.dumps(list(container_ids)))
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    r[0] for r in db.execute(
+                        "SELECT id FROM workers WHERE id IN (SELECT value FROM json_each(?))"
+                        " OR container_id IN (SELECT value FROM json_each(?))",
+                        params,
+                    )
+                ]
+                requeued = self._release_jobs(db, ids, reason)
+                db.execute(
+                    "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(ids),),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return requeued
+
+    @staticmethod
+    def _release_jobs(db: sqlite3.Connection, worker_ids: list[int], reason: str) -> int:
+        ids = json.dumps(worker_ids)
+        requeued = db.execute(
+            "UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL"
+            " WHERE status = 'processing' AND attempts < max_attempts"
+            " AND worker_id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        ).rowcount
+        db.execute(
+            "UPDATE jobs SET status = 'failed', completed_at = CURRENT_TIMESTAMP,"
+            " error = ? || ' (after ' || attempts || ' attempts)'"
+            " WHERE status = 'processing' AND worker_id IN (SELECT value FROM json_each(?))",
+            (reason, ids),
+        )
+        return requeued
+
+    def stale_workers(self, older_than: float) -> list[tuple[int, str, float]]:
+        """``(id, status, seconds)`` of this session's idle/busy rows without a heartbeat
+        for more than ``older_than`` seconds.  Compared in SQLite, in UTC."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT id, status, (julianday('now') - julianday(last_heartbeat)) * 86400.0"
+                " FROM workers WHERE session_id = ? AND status IN ('idle', 'busy', 'hung')"
+                " AND (julianday('now') - julianday(last_heartbeat)) * 86400.0 > ?",
+                (self.session_id, older_than),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def set_status(self, db_ids: Collection[int], status: str) -> None:
         with self._lock:
             self._db().execute(
-                "UPDATE workers SET status = 'dead'"
-                " WHERE id IN (SELECT value FROM json_each(?))"
-                " OR container_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(db_ids)), json.dumps(list(container_ids))),
+                "UPDATE workers SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (status, json.dumps(list(db_ids))),
             )
+
+    def clean_dead_sessions(self) -> dict[str, int]:
+        """Retire the rows that managers which died left claiming live workers.
+
+        A session is dead when its lease expired (its manager stopped renewing
+        it).  Its ``created``/``idle``/``busy``/``hung`` rows become ``dead``
+        and their in-flight jobs are requeued.  A live session (lease valid) is
+        never touched, nor are rows without a session (CLM's own workers).
+        Returns ``{session id: rows retired}``.
+        """
+        cleaned: dict[str, int] = {}
+        for session in self.expired_sessions():
+            with self._lock:
+                ids = [
+                    int(r[0]) for r in self._db().execute(
+                        "SELECT id FROM workers WHERE session_id = ?"
+                        " AND status IN ('created', 'idle', 'busy', 'hung')",
+                        (session,),
+                    )
+                ]
+            if ids:
+                self.mark_dead(ids, reason=f"the manager of session {session} died")
+                cleaned[session] = len(ids)
+        return cleaned
 
     def live_rows(self) -> list[tuple[int, str, str]]:
         """``(id, container_id, status)`` of this session's rows that claim a live worker."""
