@@ -70,8 +70,14 @@ class StartupBackend(Protocol):
 
     async def output_tail(self, handle: WorkerHandle) -> str: ...
 
-    async def mark_dead(self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = ()) -> None:
-        """Record the rows of these workers ``dead`` (by row id and container id)."""
+    async def mark_dead(
+        self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = (), *, reason: str = "worker stopped"
+    ) -> int:
+        """Record the rows of these workers ``dead`` (by row id and container id).
+
+        Their in-flight jobs go back to ``pending`` (or ``failed`` with ``reason``
+        after ``max_attempts``); returns how many were requeued.
+        """
         ...
 
     async def record(self, events: Sequence[Event]) -> None: ...
@@ -142,10 +148,14 @@ class ThreadedBackend:
         executor = self._executor(handle.spec.execution_mode)
         return await trio.to_thread.run_sync(executor.output_tail, handle)
 
-    async def mark_dead(self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = ()) -> None:
+    async def mark_dead(
+        self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = (), *, reason: str = "worker stopped"
+    ) -> int:
         db_ids = [s.db_worker_id for s in specs if s.db_worker_id is not None]
         container_ids = [s.executor_id for s in specs] + [cid for h in handles for cid in _match_ids(h)]
-        await trio.to_thread.run_sync(self.registry.mark_dead, db_ids, container_ids)
+        return await trio.to_thread.run_sync(
+            functools.partial(self.registry.mark_dead, db_ids, container_ids, reason=reason)
+        )
 
     async def record(self, events: Sequence[Event]) -> None:
         await trio.to_thread.run_sync(self.registry.record_events, events)

@@ -42,3 +42,11 @@ class FatalExecutorError(RuntimeError):
     startup engine turns it into :class:`PoolStartupError` instead of reporting
     N identical per-worker failures.
     """
+
+
+def database_unusable(exc: BaseException) -> PoolStartupError:
+    """The fatal error for a database that cannot be created, opened or written."""
+    return PoolStartupError(
+        f"cannot use the database: {exc}. Check that the path is right and its folder "
+        "is writable; no worker was started."
+    )

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,12 +20,13 @@ import trio
 
 from .backend import ThreadedBackend
 from .config import WorkerConfig, build_settings, resolve_number
-from .errors import ConfigError
+from .errors import ConfigError, PoolStartupError, database_unusable
 from .executors.base import Executor
 from .executors.direct import DirectExecutor
 from .lease import DEFAULT_TTL_SECONDS
 from .ledger import LiveWorkers
-from .plan import plan_workers
+from .monitor import MonitorSettings, PoolMonitor
+from .plan import WorkerSpec, plan_workers
 from .registry import Event, Registry
 from .report import StartupReport
 from .startup import ProgressCallback, start_workers
@@ -96,6 +98,7 @@ class WorkerPoolManager:
         self._live = LiveWorkers()
         self._backend: ThreadedBackend | None = None
         self._own_log_dir: Path | None = None
+        self._monitor_thread: _MonitorThread | None = None
 
     @property
     def registry(self) -> Registry:
@@ -124,18 +127,62 @@ class WorkerPoolManager:
         if self._backend is not None:
             raise RuntimeError("start_pools() was already called; call stop_pools() first")
         backend = self._backend = self._open_backend()
-        specs = plan_workers(self.worker_configs, self.session_id)
         try:
-            with _unwrap_lone_exception():
-                self.report = await start_workers(specs, backend, self.settings, self._live, on_progress)
+            try:
+                await trio.to_thread.run_sync(self._open_database, backend)
+            except Exception as exc:
+                raise database_unusable(exc) from exc
+            specs = plan_workers(self.worker_configs, self.session_id)
+            self.report = await self._start(specs, on_progress)
         except BaseException:
             self._close()  # every worker is stopped by now
             raise
         return self.report
 
+    async def replace_worker(self, spec: WorkerSpec, on_progress: ProgressCallback | None = None) -> bool:
+        """Start a replacement for the worker of ``spec`` (same type and index).
+
+        Returns whether it registered; a failed replacement is stopped and
+        reported like any failed start.  Used by the monitor.
+        """
+        try:
+            report = await self._start([spec.respawned()], on_progress, announce=False)
+        except PoolStartupError as exc:
+            log.error("replacing %s failed: %s", spec.label, exc)
+            return False
+        return bool(report.started)
+
+    async def _start(
+        self, specs: list[WorkerSpec], on_progress: ProgressCallback | None, announce: bool = True
+    ) -> StartupReport:
+        if self._backend is None:
+            raise RuntimeError("the pool is not running: call start_pools() first")
+        with _unwrap_lone_exception():
+            return await start_workers(
+                specs, self._backend, self.settings, self._live, on_progress, announce=announce
+            )
+
+    def start_monitoring(self, settings: MonitorSettings | None = None) -> PoolMonitor:
+        """Monitor the running pool from a background thread until :meth:`stop_pools`.
+
+        For callers that run ``trio.run(manager.start_pools)`` and
+        ``trio.run(manager.stop_pools)`` separately: the monitor runs in its
+        own Trio loop in a daemon thread in between.  (Inside a Trio program,
+        use :func:`clm_workers.open_worker_pool` instead.)
+        """
+        if self._backend is None:
+            raise RuntimeError("the pool is not running: call start_pools() first")
+        if self._monitor_thread is not None:
+            raise RuntimeError("the pool is already monitored")
+        monitor = PoolMonitor(self._backend, self._live, settings or MonitorSettings(), self.replace_worker)
+        self._monitor_thread = _MonitorThread(monitor)
+        self._monitor_thread.start()
+        return monitor
+
     async def stop_pools(self) -> None:
         """Stop every worker of this manager in parallel and record them dead.
 
+        Stops the background monitor first (so nothing is replaced), then
         SIGTERM to all, ``stop_timeout`` of grace, then SIGKILL, under one
         overall bound.  Idempotent.
 
@@ -146,21 +193,32 @@ class WorkerPoolManager:
             return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.settings.stop_bound
+            if self._monitor_thread is not None:
+                await trio.to_thread.run_sync(self._monitor_thread.stop)
+                self._monitor_thread = None
             handles = self._live.snapshot()
             clock = trio.current_time()
-            await _record_quietly(backend, Event("pool_stopping", "-", metadata={"workers": len(handles)}))
+            await _record_quietly(backend, [Event("pool_stopping", "-", metadata={"workers": len(handles)})])
             failures = await stop_workers(
                 backend, handles, grace=self.settings.stop_grace, owner=self._live
             )
             await backend.mark_dead([h.spec for h in handles], handles)
-            await _record_quietly(backend, Event(
-                "pool_stopped", "-",
-                metadata={"workers": len(handles), "failures": len(failures),
-                          "duration": round(trio.current_time() - clock, 3)},
-            ))
+            duration = round(trio.current_time() - clock, 3)
+            await _record_quietly(backend, [
+                *(Event("worker_stopped", h.spec.worker_type, h.db_worker_id, h.spec.execution_mode,
+                        metadata={"stop_seconds": duration}) for h in handles),
+                Event("pool_stopped", "-", metadata={
+                    "workers": len(handles), "failures": len(failures), "duration": duration}),
+            ])
         self._close()
 
     # -- internals -------------------------------------------------------------
+
+    def _open_database(self, backend: ThreadedBackend) -> None:
+        """Open the database (with this session's lease) and retire what dead sessions left."""
+        backend.registry.open()
+        for session, rows in backend.registry.clean_dead_sessions().items():
+            log.warning("retired %d worker rows left by session %s, whose manager died", rows, session)
 
     def _open_backend(self) -> ThreadedBackend:
         log_dir = self._log_dir
@@ -195,12 +253,50 @@ class WorkerPoolManager:
             self._own_log_dir = None
 
 
-async def _record_quietly(backend: ThreadedBackend, event: Event) -> None:
+async def _record_quietly(backend: ThreadedBackend, events: list[Event]) -> None:
     """Audit events must never stop a shutdown."""
     try:
-        await backend.record([event])
+        await backend.record(events)
     except Exception as exc:
-        log.warning("could not record %s: %s", event.event_type, exc)
+        log.warning("could not record %s: %s", events[-1].event_type, exc)
+
+
+class _MonitorThread:
+    """A :class:`PoolMonitor` in its own Trio loop in a daemon thread."""
+
+    def __init__(self, monitor: PoolMonitor) -> None:
+        self.monitor = monitor
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=self._main, name="clm-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    def stop(self) -> None:
+        """Cancel the monitor and wait for its loop to end (blocking)."""
+        if self._token is not None and self._scope is not None:
+            try:
+                self._token.run_sync_soon(self._scope.cancel)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            with trio.CancelScope() as self._scope:
+                self._ready.set()
+                await self.monitor.run()
+
+        try:
+            trio.run(run)
+        except Exception:
+            log.exception("the pool monitor stopped")
+        finally:
+            self._ready.set()
 
 
 @contextlib.contextmanager

@@ -50,6 +50,14 @@ class WorkerSpec:
     def with_db_id(self, db_worker_id: int) -> WorkerSpec:
         return dataclasses.replace(self, db_worker_id=db_worker_id)
 
+    def respawned(self) -> WorkerSpec:
+        """The same worker slot for a replacement: a fresh executor id and row."""
+        return dataclasses.replace(
+            self,
+            executor_id=new_executor_id(self.execution_mode, self.worker_type, self.index),
+            db_worker_id=None,
+        )
+
 
 def new_executor_id(mode: ExecutionMode, worker_type: str, index: int) -> str:
     """``direct-<type>-<index>-<hex>``: unique across managers and runs."""

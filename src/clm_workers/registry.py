@@ -115,7 +115,11 @@ class Registry:
                     )
                     assert cursor.lastrowid is not None
                     result.append(spec.with_db_id(cursor.lastrowid))
-                self._insert_events(db, events)
+                self._insert_events(db, [*events, *(
+                    Event("worker_starting", s.worker_type, s.db_worker_id, s.execution_mode,
+                          f"{s.label} starting as {s.executor_id}")
+                    for s in result
+                )])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

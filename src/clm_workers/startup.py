@@ -24,7 +24,7 @@ import trio
 
 from .backend import StartupBackend
 from .config import StartupSettings
-from .errors import FatalExecutorError, PoolStartupError
+from .errors import FatalExecutorError, PoolStartupError, database_unusable
 from .executors.base import WorkerHandle
 from .ledger import LiveWorkers
 from .plan import WorkerSpec
@@ -44,8 +44,13 @@ async def start_workers(
     settings: StartupSettings,
     owner: LiveWorkers,
     on_progress: ProgressCallback | None = None,
+    *,
+    announce: bool = True,
 ) -> StartupReport:
     """Start ``specs`` and wait for each to register, exit or time out.
+
+    ``announce=False`` leaves out the ``pool_starting``/``pool_started``
+    events (for a replacement worker started by the monitor).
 
     Raises :class:`PoolStartupError` for errors that would fail every worker
     (the database cannot be written, the executor is unusable) and, with
@@ -55,7 +60,7 @@ async def start_workers(
     pending starts, stops every worker already started (shielded, bounded by
     ``settings.stop_bound``) and then propagates.
     """
-    run = _StartupRun(backend, settings, owner, on_progress)
+    run = _StartupRun(backend, settings, owner, on_progress, announce)
     return await run.start(specs)
 
 
@@ -68,7 +73,9 @@ class _StartupRun:
         settings: StartupSettings,
         owner: LiveWorkers,
         on_progress: ProgressCallback | None,
+        announce: bool,
     ) -> None:
+        self.announce = announce
         self.backend = backend
         self.settings = settings
         self.owner = owner
@@ -95,12 +102,12 @@ class _StartupRun:
 
     async def start(self, specs: Sequence[WorkerSpec]) -> StartupReport:
         try:
-            self.specs = await self.backend.prepare(specs, [_pool_event("pool_starting", specs)])
+            self._mode_of = {spec.key: spec.execution_mode for spec in specs}
+            self.specs = await self.backend.prepare(
+                specs, [_pool_event("pool_starting", specs)] if self.announce else []
+            )
         except Exception as exc:
-            raise PoolStartupError(
-                f"cannot use the database: {exc}. Check that the path is right and its folder "
-                "is writable; no worker was started."
-            ) from exc
+            raise database_unusable(exc) from exc
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -116,10 +123,17 @@ class _StartupRun:
         if self.fatal is not None:
             await self._clean_up()
             raise PoolStartupError(self.fatal, self.report)
-        await self.backend.record([
-            _pool_event("pool_started", self.specs, started=len(self.report.started),
-                        failed=len(self.report.failed), duration=round(self.report.duration, 3)),
-        ])
+        events = [
+            Event("worker_ready", w.worker_type, w.db_worker_id, self._mode_of[(w.worker_type, w.index)],
+                  metadata={"spawned_at": round(w.spawned_at, 3), "registered_at": round(w.registered_at, 3)})
+            for w in self.report.started
+        ]
+        if self.announce:
+            events.append(_pool_event(
+                "pool_started", self.specs, started=len(self.report.started),
+                failed=len(self.report.failed), duration=round(self.report.duration, 3),
+            ))
+        await self.backend.record(events)
         return self.report
 
     def fail_fatal(self, reason: str) -> None:
@@ -166,6 +180,7 @@ class _StartupRun:
                 exit_code=outcome.exit_code,
             )
         else:
+            handle.db_worker_id = outcome.db_worker_id
             self.report.started.append(StartedWorker(
                 worker_type=spec.worker_type, index=spec.index, executor_id=handle.executor_id,
                 db_worker_id=outcome.db_worker_id, spawned_at=spawned_at,

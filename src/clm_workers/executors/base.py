@@ -26,6 +26,8 @@ class WorkerHandle:
     native: Any
     #: Process id (direct workers) or ``None``.
     pid: int | None = None
+    #: The worker's row once it registered (set by the startup engine).
+    db_worker_id: int | None = None
 
 
 class Executor(Protocol):
