@@ -22,6 +22,11 @@ _EXPORTS = {
     "StartupReport": "report",
     "StartedWorker": "report",
     "FailedWorker": "report",
+    "open_worker_pool": "pool",
+    "WorkerPool": "pool",
+    "PoolNotReadyError": "pool",
+    "MonitorSettings": "monitor",
+    "RestartPolicy": "restart",
 }
 
 __all__ = [
@@ -32,13 +37,21 @@ __all__ = [
     "StartupReport",
     "WorkerConfig",
     "WorkerPoolManager",
+    "open_worker_pool",
+    "WorkerPool",
+    "PoolNotReadyError",
+    "MonitorSettings",
+    "RestartPolicy",
 ]
 
 if TYPE_CHECKING:
     from .config import WorkerConfig
     from .errors import ConfigError, PoolStartupError
     from .manager import WorkerPoolManager
+    from .monitor import MonitorSettings
+    from .pool import PoolNotReadyError, WorkerPool, open_worker_pool
     from .report import FailedWorker, StartedWorker, StartupReport
+    from .restart import RestartPolicy
 
 
 def __getattr__(name: str) -> object:

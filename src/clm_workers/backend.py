@@ -71,7 +71,11 @@ class StartupBackend(Protocol):
     async def output_tail(self, handle: WorkerHandle) -> str: ...
 
     async def mark_dead(
-        self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = (), *, reason: str = "worker stopped"
+        self,
+        specs: Sequence[WorkerSpec],
+        handles: Sequence[WorkerHandle] = (),
+        *,
+        reason: str = "worker stopped",
     ) -> int:
         """Record the rows of these workers ``dead`` (by row id and container id).
 
@@ -90,6 +94,8 @@ class ThreadedBackend:
         self.registry = registry
         self.executors = executors
         self._fan_out = fan_out
+        #: Why the last preflight found the pool unable to start (see :meth:`prepare`).
+        self._unusable: str | None = None
 
     def _executor(self, mode: str) -> Executor:
         try:
@@ -98,13 +104,35 @@ class ThreadedBackend:
             raise FatalExecutorError(f"no executor for execution_mode {mode!r}") from None
 
     async def prepare(self, specs: Sequence[WorkerSpec], events: Sequence[Event]) -> list[WorkerSpec]:
-        def open_and_register() -> list[WorkerSpec]:
+        """Preflight every executor the specs use, then open the database and pre-register.
+
+        A failed preflight (Docker engine unreachable, image missing) is not
+        raised here, where the engine would report it as a database error: it
+        is kept, and every :meth:`spawn` of this start raises it as
+        :class:`FatalExecutorError` before starting anything, so the pool
+        fails with the executor's own message and no worker ever exists.
+        """
+
+        def check_open_and_register() -> list[WorkerSpec]:
+            self._unusable = self._preflight(specs)
             self.registry.open()
             return self.registry.pre_register(specs, events)
 
-        return await trio.to_thread.run_sync(open_and_register)
+        return await trio.to_thread.run_sync(check_open_and_register)
+
+    def _preflight(self, specs: Sequence[WorkerSpec]) -> str | None:
+        for mode, group in _by_mode(specs).items():
+            try:
+                self._executor(mode).check(group)
+            except FatalExecutorError as exc:
+                return str(exc)
+            except Exception as exc:
+                return f"checking the {mode} executor failed: {type(exc).__name__}: {exc}"
+        return None
 
     async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
+        if self._unusable is not None:
+            raise FatalExecutorError(self._unusable)
         executor = self._executor(spec.execution_mode)
         return await trio.to_thread.run_sync(lambda: own(executor.start(spec)), limiter=limiter)
 
@@ -149,7 +177,11 @@ class ThreadedBackend:
         return await trio.to_thread.run_sync(executor.output_tail, handle)
 
     async def mark_dead(
-        self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = (), *, reason: str = "worker stopped"
+        self,
+        specs: Sequence[WorkerSpec],
+        handles: Sequence[WorkerHandle] = (),
+        *,
+        reason: str = "worker stopped",
     ) -> int:
         db_ids = [s.db_worker_id for s in specs if s.db_worker_id is not None]
         container_ids = [s.executor_id for s in specs] + [cid for h in handles for cid in _match_ids(h)]

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import trio
@@ -170,14 +170,27 @@ class WorkerPoolManager:
         own Trio loop in a daemon thread in between.  (Inside a Trio program,
         use :func:`clm_workers.open_worker_pool` instead.)
         """
-        if self._backend is None:
-            raise RuntimeError("the pool is not running: call start_pools() first")
         if self._monitor_thread is not None:
             raise RuntimeError("the pool is already monitored")
-        monitor = PoolMonitor(self._backend, self._live, settings or MonitorSettings(), self.replace_worker)
+        monitor = self.make_monitor(settings)
         self._monitor_thread = _MonitorThread(monitor)
         self._monitor_thread.start()
         return monitor
+
+    def make_monitor(
+        self,
+        settings: MonitorSettings | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        on_death: Callable[[WorkerSpec], None] = lambda spec: None,
+    ) -> PoolMonitor:
+        """A :class:`PoolMonitor` for the running pool; run it with ``await monitor.run()``."""
+        if self._backend is None:
+            raise RuntimeError("the pool is not running: call start_pools() first")
+        return PoolMonitor(
+            self._backend, self._live, settings or MonitorSettings(),
+            replace=lambda spec: self.replace_worker(spec, on_progress), on_death=on_death,
+        )
 
     async def stop_pools(self) -> None:
         """Stop every worker of this manager in parallel and record them dead.
@@ -278,10 +291,8 @@ class _MonitorThread:
     def stop(self) -> None:
         """Cancel the monitor and wait for its loop to end (blocking)."""
         if self._token is not None and self._scope is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._scope.cancel)
-            except trio.RunFinishedError:
-                pass
         self._thread.join()
 
     def _main(self) -> None:

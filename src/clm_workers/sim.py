@@ -11,6 +11,9 @@ are set by the environment (on top of the runtime's variables):
 ``CLM_SIM_FAIL``
     ``crash``: after the boot, print one line and exit 3 without registering;
     ``hang``: never register, wait until stopped or killed; empty: work.
+``CLM_SIM_LIFETIME``
+    seconds after its boot began at which it dies abruptly (a line on
+    stderr, exit 4), registered or not: a worker that crashes in service.
 
 A job copies ``input_file`` to ``output_file`` (relative to the workspace)
 after sleeping ``payload["seconds"]`` and returns ``{"bytes": n}``.
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 FAIL_MODES = ("crash", "hang")
 CRASH_MESSAGE = "clm_workers.sim: simulated crash (CLM_SIM_FAIL=crash)"
+DEATH_MESSAGE = "clm_workers.sim: simulated death (CLM_SIM_LIFETIME)"
+EXIT_SIMULATED_DEATH = 4
 
 
 class _SimConfigError(Exception):
@@ -68,6 +73,7 @@ def make_boot(env: Mapping[str, str]) -> Callable[[threading.Event], None]:
     """The boot step the environment asks for; raises ``_SimConfigError`` if it is wrong."""
     delay = _seconds(env, "CLM_SIM_BOOT_DELAY")
     cpu = _seconds(env, "CLM_SIM_BOOT_CPU")
+    lifetime = _seconds(env, "CLM_SIM_LIFETIME")
     fail = env.get("CLM_SIM_FAIL", "").strip()
     if fail and fail not in FAIL_MODES:
         raise _SimConfigError(
@@ -75,6 +81,10 @@ def make_boot(env: Mapping[str, str]) -> Callable[[threading.Event], None]:
         )
 
     def boot(stopping: threading.Event) -> None:
+        if lifetime:
+            death = threading.Timer(lifetime, _die)
+            death.daemon = True
+            death.start()
         if delay:
             stopping.wait(delay)
         if cpu:
@@ -92,6 +102,12 @@ def make_boot(env: Mapping[str, str]) -> Callable[[threading.Event], None]:
             stopping.wait()
 
     return boot
+
+
+def _die() -> None:
+    sys.stderr.write(DEATH_MESSAGE + "\n")
+    sys.stderr.flush()
+    os._exit(EXIT_SIMULATED_DEATH)
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
