@@ -17,7 +17,12 @@ import pytest
 import trio
 
 from clm_workers import (
-    MonitorSettings, PoolNotReadyError, RestartPolicy, WorkerConfig, WorkerPoolManager, open_worker_pool,
+    MonitorSettings,
+    PoolNotReadyError,
+    RestartPolicy,
+    WorkerConfig,
+    WorkerPoolManager,
+    open_worker_pool,
 )
 from procs import alive, session_processes, wait_until
 
@@ -37,10 +42,14 @@ def query(db, sql, *params):
         return conn.execute(sql, params).fetchall()
 
 
-async def wait_for(predicate, timeout: float, interval: float = 0.05):
-    """Poll ``predicate`` (which may block briefly on SQLite) until true, within ``timeout``."""
-    with trio.fail_after(timeout):
-        while not (value := predicate()):
+async def wait_for(predicate, deadline: float, interval: float = 0.05):
+    """Poll ``predicate`` (which may block briefly on SQLite) until true, within ``deadline`` s.
+
+    The conditions live in other processes and the database: there is no
+    event to wait on, so this polls.
+    """
+    with trio.fail_after(deadline):
+        while not (value := predicate()):  # noqa: ASYNC110
             await trio.sleep(interval)
     return value
 
@@ -181,25 +190,25 @@ def test_new_manager_retires_what_a_killed_manager_left(tmp_path):
     try:
         info = json.loads(proc.stdout.readline())
         old = info["session"]
-        wait_until(lambda: query(db, "SELECT status FROM jobs WHERE id = ?", info["job"]) == [("processing",)],
-                   10)
+        job_status = "SELECT status, worker_id FROM jobs WHERE id = ?"
+        wait_until(lambda: query(db, job_status, info["job"])[0][0] == "processing", 10)
         # Everything dies at once, with no chance to clean up (a host crash, the OOM killer).
         workers = session_processes(old)
         for pid in [*workers, proc.pid]:
             os.kill(pid, signal.SIGKILL)
         proc.wait(5)
         wait_until(lambda: not any(alive(pid) for pid in workers), 5)
-        assert query(db, "SELECT count(*) FROM workers WHERE session_id = ? AND status != 'dead'", old) == [(2,)]
+        live_rows = "SELECT count(*) FROM workers WHERE session_id = ? AND status != 'dead'"
+        assert query(db, live_rows, old) == [(2,)]
         wait_until(lambda: query(db, "SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions"
                                      " WHERE session_id = ?", old) == [(1,)], 5)
 
         manager = WorkerPoolManager(db, tmp_path, [sim(count=1)])
         trio.run(manager.start_pools)
         try:
-            assert query(db, "SELECT count(*) FROM workers WHERE session_id = ? AND status != 'dead'",
-                         old) == [(0,)]
+            assert query(db, live_rows, old) == [(0,)]
             # The old session's in-flight job is not lost: it is pending again.
-            assert query(db, "SELECT status, worker_id FROM jobs WHERE id = ?", info["job"]) == [("pending", None)]
+            assert query(db, job_status, info["job"]) == [("pending", None)]
         finally:
             trio.run(manager.stop_pools)
     finally:
