@@ -102,10 +102,11 @@ class _StartupRun:
 
     async def start(self, specs: Sequence[WorkerSpec]) -> StartupReport:
         try:
-            self._mode_of = {spec.key: spec.execution_mode for spec in specs}
             self.specs = await self.backend.prepare(
                 specs, [_pool_event("pool_starting", specs)] if self.announce else []
             )
+        except FatalExecutorError as exc:
+            raise PoolStartupError(f"{exc}; no worker was started") from exc
         except Exception as exc:
             raise database_unusable(exc) from exc
         try:
@@ -123,8 +124,9 @@ class _StartupRun:
         if self.fatal is not None:
             await self._clean_up()
             raise PoolStartupError(self.fatal, self.report)
+        mode_of = {spec.key: spec.execution_mode for spec in self.specs}
         events = [
-            Event("worker_ready", w.worker_type, w.db_worker_id, self._mode_of[(w.worker_type, w.index)],
+            Event("worker_ready", w.worker_type, w.db_worker_id, mode_of[(w.worker_type, w.index)],
                   metadata={"spawned_at": round(w.spawned_at, 3), "registered_at": round(w.registered_at, 3)})
             for w in self.report.started
         ]
@@ -133,8 +135,15 @@ class _StartupRun:
                 "pool_started", self.specs, started=len(self.report.started),
                 failed=len(self.report.failed), duration=round(self.report.duration, 3),
             ))
-        await self.backend.record(events)
+        await self._audit(events)
         return self.report
+
+    async def _audit(self, events: list[Event]) -> None:
+        """Write audit events; a failure to do so is logged, never fatal."""
+        try:
+            await self.backend.record(events)
+        except Exception as exc:
+            log.warning("could not record %s: %s", events[-1].event_type if events else "events", exc)
 
     def fail_fatal(self, reason: str) -> None:
         """Record the first fatal reason and cancel every pending start."""
@@ -201,7 +210,10 @@ class _StartupRun:
         if handle is not None:
             await stop_workers(self.backend, [handle], grace=self.settings.stop_grace, owner=self.owner)
             tail = (await self.backend.output_tail(handle)).strip()
-        await self.backend.mark_dead([spec], [handle] if handle else [])
+        try:
+            await self.backend.mark_dead([spec], [handle] if handle else [])
+        except Exception as exc:  # the database failed: every other start is doomed too
+            self.fail_fatal(f"recording {spec.label} dead failed: {exc}")
         if tail:
             reason = f"{reason}; last output: {tail.splitlines()[-1]}"
         failure = FailedWorker(
@@ -210,7 +222,7 @@ class _StartupRun:
             output_tail=tail,
         )
         self.report.failed.append(failure)
-        await self.backend.record([Event(
+        await self._audit([Event(
             "worker_failed", spec.worker_type, spec.db_worker_id, spec.execution_mode,
             f"{spec.label} failed ({phase}): {reason}", {"phase": phase, "elapsed": round(self.elapsed(), 3)},
         )])
