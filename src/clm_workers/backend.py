@@ -94,8 +94,6 @@ class ThreadedBackend:
         self.registry = registry
         self.executors = executors
         self._fan_out = fan_out
-        #: Why the last preflight found the pool unable to start (see :meth:`prepare`).
-        self._unusable: str | None = None
 
     def _executor(self, mode: str) -> Executor:
         try:
@@ -106,33 +104,30 @@ class ThreadedBackend:
     async def prepare(self, specs: Sequence[WorkerSpec], events: Sequence[Event]) -> list[WorkerSpec]:
         """Preflight every executor the specs use, then open the database and pre-register.
 
-        A failed preflight (Docker engine unreachable, image missing) is not
-        raised here, where the engine would report it as a database error: it
-        is kept, and every :meth:`spawn` of this start raises it as
-        :class:`FatalExecutorError` before starting anything, so the pool
-        fails with the executor's own message and no worker ever exists.
+        A failed preflight (Docker engine unreachable, image missing) raises
+        :class:`FatalExecutorError` before the database is touched and before
+        any worker exists.
         """
 
         def check_open_and_register() -> list[WorkerSpec]:
-            self._unusable = self._preflight(specs)
+            self._preflight(specs)
             self.registry.open()
             return self.registry.pre_register(specs, events)
 
         return await trio.to_thread.run_sync(check_open_and_register)
 
-    def _preflight(self, specs: Sequence[WorkerSpec]) -> str | None:
-        for mode, group in _by_mode(specs).items():
+    def _preflight(self, specs: Sequence[WorkerSpec]) -> None:
+        for mode, group in _by_mode(specs, lambda spec: spec.execution_mode).items():
             try:
                 self._executor(mode).check(group)
-            except FatalExecutorError as exc:
-                return str(exc)
+            except FatalExecutorError:
+                raise
             except Exception as exc:
-                return f"checking the {mode} executor failed: {type(exc).__name__}: {exc}"
-        return None
+                raise FatalExecutorError(
+                    f"checking the {mode} executor failed: {type(exc).__name__}: {exc}"
+                ) from exc
 
     async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
-        if self._unusable is not None:
-            raise FatalExecutorError(self._unusable)
         executor = self._executor(spec.execution_mode)
         return await trio.to_thread.run_sync(lambda: own(executor.start(spec)), limiter=limiter)
 
@@ -159,7 +154,7 @@ class ThreadedBackend:
 
     def _exit_codes_blocking(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
         codes: dict[WorkerHandle, int] = {}
-        for mode, group in _by_mode(handles).items():
+        for mode, group in _by_mode(handles, lambda handle: handle.spec.execution_mode).items():
             codes.update(self._executor(mode).exit_codes(group))
         return codes
 
@@ -223,8 +218,8 @@ def _match_ids(handle: WorkerHandle) -> tuple[str, ...]:
     return tuple(sorted(ids))
 
 
-def _by_mode(handles: Sequence[WorkerHandle]) -> dict[str, list[WorkerHandle]]:
-    groups: dict[str, list[WorkerHandle]] = {}
-    for handle in handles:
-        groups.setdefault(handle.spec.execution_mode, []).append(handle)
+def _by_mode(items: Sequence[T], mode_of: Callable[[T], str]) -> dict[str, list[T]]:
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(mode_of(item), []).append(item)
     return groups

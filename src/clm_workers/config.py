@@ -216,3 +216,17 @@ def build_settings(
             default=0.01, kind=float, minimum=0.001, maximum=5.0, environ=environ,
         ),
     )
+
+
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def resolve_docker_network(value: str | None) -> str | None:
+    """The explicit network, else ``CLM_DOCKER_NETWORK``, else none; checked."""
+    setting = "docker_network"
+    if value is None:
+        value = os.environ.get("CLM_DOCKER_NETWORK", "").strip() or None
+        setting = "docker_network (env CLM_DOCKER_NETWORK)"
+    if value is not None and (not isinstance(value, str) or not _DOCKER_NETWORK.fullmatch(value)):
+        raise ConfigError(setting, value, "a Docker network name of letters, digits, '_', '.', '-'")
+    return value

@@ -19,8 +19,8 @@ from pathlib import Path
 import trio
 
 from .backend import ThreadedBackend
-from .config import WorkerConfig, build_settings, resolve_number
-from .errors import ConfigError, PoolStartupError, database_unusable
+from .config import WorkerConfig, build_settings, resolve_docker_network, resolve_number
+from .errors import ConfigError, FatalExecutorError, PoolStartupError, database_unusable
 from .executors.base import Executor
 from .executors.direct import DirectExecutor
 from .lease import DEFAULT_TTL_SECONDS
@@ -57,6 +57,7 @@ class WorkerPoolManager:
         log_level: str = "INFO",
         log_dir: Path | str | None = None,
         lease_ttl: float | None = None,
+        docker_network: str | None = None,
     ) -> None:
         """Validate everything; start nothing.
 
@@ -70,6 +71,9 @@ class WorkerPoolManager:
         ``lease_ttl`` (``CLM_SESSION_LEASE_TTL``, 10 s): how long workers outlive
         a manager that died without stopping them and cannot reach them by
         its lifeline (containers), see :mod:`clm_workers.lease`.
+
+        ``docker_network`` (``CLM_DOCKER_NETWORK``, none): the network every
+        container of this manager joins, created if missing (docs/docker.md).
         """
         self.db_path = Path(db_path)
         self.workspace_path = Path(workspace_path)
@@ -91,6 +95,7 @@ class WorkerPoolManager:
             "lease_ttl", lease_ttl, env_var="CLM_SESSION_LEASE_TTL", default=DEFAULT_TTL_SECONDS,
             kind=float, minimum=1.0, maximum=3600.0,
         )
+        self.docker_network = resolve_docker_network(docker_network)
         self.log_level = log_level
         self.session_id = uuid.uuid4().hex
         self.report: StartupReport | None = None
@@ -232,6 +237,19 @@ class WorkerPoolManager:
         backend.registry.open()
         for session, rows in backend.registry.clean_dead_sessions().items():
             log.warning("retired %d worker rows left by session %s, whose manager died", rows, session)
+        if "docker" in backend.executors:
+            from .executors.docker import DockerExecutor  # imported already: it is in use
+
+            docker_executor = backend.executors["docker"]
+            assert isinstance(docker_executor, DockerExecutor)
+            # Containers of managers that died: stopped by their lease, but still there.
+            dead = set(backend.registry.expired_sessions()) - {self.session_id}
+            try:
+                docker_executor.remove_containers_of(dead)
+            except FatalExecutorError as exc:
+                log.debug("no cleanup of dead sessions' containers: %s", exc)  # the preflight reports it
+            except Exception as exc:
+                log.warning("could not remove the containers of dead sessions: %s", exc)
 
     def _open_backend(self) -> ThreadedBackend:
         log_dir = self._log_dir
@@ -247,6 +265,17 @@ class WorkerPoolManager:
                 log_level=self.log_level,
             ),
         }
+        if any(config.execution_mode == "docker" for config in self.worker_configs):
+            from .executors.docker import DockerExecutor  # the docker SDK only when used
+
+            executors["docker"] = DockerExecutor(
+                db_path=self.db_path.resolve(),
+                workspace_path=self.workspace_path.resolve(),
+                # Every spawn at once, plus the watcher's or monitor's poll.
+                pool_size=self.settings.concurrency + 2,
+                network=self.docker_network,
+                log_level=self.log_level,
+            )
         registry = Registry(self.db_path, session_id=self.session_id, lease_ttl=self.lease_ttl)
         return ThreadedBackend(registry, executors, fan_out=self.settings.concurrency)
 

@@ -31,6 +31,16 @@ class WorkerHandle:
 
 
 class Executor(Protocol):
+    def check(self, specs: Sequence[WorkerSpec]) -> None:
+        """Preflight, once per pool start and before any :meth:`start`: fail fast.
+
+        Raises :class:`~clm_workers.errors.FatalExecutorError` for what would
+        fail every start of ``specs`` the same way (the Docker engine is
+        unreachable, an image is missing), so that the pool fails before any
+        worker exists.
+        """
+        ...
+
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         """Start one worker and return its handle.
 

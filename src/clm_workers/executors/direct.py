@@ -90,6 +90,9 @@ class DirectExecutor:
 
     # -- Executor protocol ---------------------------------------------------
 
+    def check(self, specs: Sequence[WorkerSpec]) -> None:
+        """Nothing to check ahead: :meth:`start` itself fails fatally, before spawning."""
+
     def start(self, spec: WorkerSpec) -> WorkerHandle:
         """Spawn ``python -m <spec.module>``; return at once (no wait for registration).
 
