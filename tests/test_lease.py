@@ -48,7 +48,9 @@ def start_sim(db, tmp_path, session, *, fail=""):
         "WORKER_ID": f"direct-notebook-0-{session}", "CLM_SESSION_ID": session,
         "CLM_HEARTBEAT_INTERVAL": "0.1", "CLM_SIM_FAIL": fail,
     }
-    return subprocess.Popen([sys.executable, "-m", "clm_workers.sim"], env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "clm_workers.sim"], env=env, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.parametrize("fail", ["", "hang"], ids=["registered", "never registers"])

@@ -92,6 +92,10 @@ class _StartupRun:
             self._limiter if settings.slot_mode == "spawn" else trio.CapacityLimiter(math.inf)
         )
         self._cancel_scope = trio.CancelScope()
+        #: The workers this run started.  Cleanup stops only these: the owner
+        #: may also hold a running pool's workers (a replacement's start).
+        self._mine = LiveWorkers()
+        self._finished = False
         self.watcher = RegistrationWatcher(
             backend, settings.poll_interval,
             on_error=lambda exc: self.fail_fatal(f"watching registrations failed: {exc}"),
@@ -113,9 +117,11 @@ class _StartupRun:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.watcher.run)
+                    nursery.start_soon(self._stop_early_if_cancelled)
                     async with trio.open_nursery() as starters:
                         for spec in self.specs:
                             starters.start_soon(self._start_one, spec)
+                    self._finished = True
                     nursery.cancel_scope.cancel()  # every worker is accounted for: stop watching
         except BaseException:
             await self._clean_up()
@@ -145,6 +151,26 @@ class _StartupRun:
         except Exception as exc:
             log.warning("could not record %s: %s", events[-1].event_type if events else "events", exc)
 
+    async def _stop_early_if_cancelled(self) -> None:
+        """On a fatal error or an outside cancellation, SIGTERM this run's workers at once.
+
+        The nursery cannot close before every spawn blocking in a thread has
+        returned (a slow ``docker create`` may take long); the workers already
+        running must not wait for that.  The cleanup after the nursery then
+        kills and reaps them all.
+        """
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not self._finished:
+                with trio.CancelScope(shield=True):
+                    await self.backend.request_stop(self._mine.snapshot())
+
+    def _own(self, handle: WorkerHandle) -> WorkerHandle:
+        """Take ownership of a new worker; called in the spawning thread."""
+        self._mine.own(handle)
+        return self.owner.own(handle)
+
     def fail_fatal(self, reason: str) -> None:
         """Record the first fatal reason and cancel every pending start."""
         if self.fatal is None:
@@ -163,16 +189,26 @@ class _StartupRun:
 
     async def _spawn_and_wait(self, spec: WorkerSpec) -> None:
         try:
-            handle = await self.backend.spawn(spec, self._spawn_limiter, self.owner.own)
+            handle = await self.backend.spawn(spec, self._spawn_limiter, self._own)
         except FatalExecutorError as exc:
             self.fail_fatal(str(exc))
             return
         except Exception as exc:
             await self._fail(spec, None, "spawn", f"could not be started: {type(exc).__name__}: {exc}")
             return
+        try:
+            await self._await_outcome(spec, handle)
+        except trio.Cancelled:
+            # A spawn that returned after the run was cancelled: stop its
+            # worker now, not when the slowest spawn in flight returns.
+            with trio.CancelScope(shield=True):
+                await self.backend.request_stop([handle])
+            raise
+
+    async def _await_outcome(self, spec: WorkerSpec, handle: WorkerHandle) -> None:
+        """Wait for the worker to register, exit or time out, and record which."""
         spawned_at = self.elapsed()
         self._progress("spawned", spec)
-
         outcome = None
         with trio.move_on_after(self.settings.registration_timeout):
             outcome = await self.watcher.wait(handle)
@@ -243,7 +279,7 @@ class _StartupRun:
         """
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.settings.stop_bound
-            handles = self.owner.snapshot()
+            handles = [h for h in self._mine.snapshot() if h in self.owner]
             await stop_workers(self.backend, handles, grace=self.settings.stop_grace, owner=self.owner)
             try:
                 await self.backend.mark_dead(self.specs, handles)

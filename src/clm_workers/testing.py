@@ -4,7 +4,9 @@ No threads and no processes: fake workers follow a :class:`WorkerScript`
 in Trio's (virtual) time, so tests under ``MockClock(autojump_threshold=0)``
 are exact and a 10 s timeout costs nothing.  The fake keeps the books that
 the safety properties are checked against: how many spawns ran at once, how
-often each worker was killed, and which rows claim a live worker.
+many workers were between spawn and registration at once (the bound of the
+``registration`` slot mode), when each worker was asked to stop and killed,
+and which rows claim a live worker.
 
 Like ``trio.testing``, this is public so that callers such as CLM can test
 their own use of the engine.
@@ -53,6 +55,11 @@ class WorkerScript:
     term_latency: float | None = 0.0
     #: Kill raises (the worker still dies).
     kill_raises: bool = False
+    #: SIGTERM cannot be delivered: ``request_stop`` reports a failure for it.
+    stop_raises: bool = False
+    #: Seconds a kill call for it blocks (reaping a slow process, a slow engine);
+    #: like a thread, not cancellable once begun.
+    kill_latency: float = 0.0
 
 
 @dataclass(eq=False)
@@ -63,11 +70,25 @@ class FakeWorker:
     term_at: float | None = None
     killed_at: float | None = None
     kills: int = 0
+    #: When the spawn began (before its latency); ``spawned_at`` is when it returned.
+    spawn_started_at: float | None = None
+    #: Every ``request_stop`` and every ``kill`` call for this worker, by time.
+    stop_requests: list[float] = field(default_factory=list)
+    kill_times: list[float] = field(default_factory=list)
+    #: When a poll first reported it registered.
+    registered_seen_at: float | None = None
+    #: When it died by itself from outside its script (see :meth:`FakeBackend.die`).
+    died_at: float | None = None
+    #: Between spawn start and registration (or its end): it holds a
+    #: ``registration`` slot, as far as the fake can tell.
+    booting: bool = False
 
     def exit_time(self) -> float:
         times = [math.inf]
         if self.script.exit_after is not None:
             times.append(self.spawned_at + self.script.exit_after)
+        if self.died_at is not None:
+            times.append(self.died_at)
         if self.term_at is not None and self.script.term_latency is not None:
             times.append(self.term_at + self.script.term_latency)
         if self.killed_at is not None:
@@ -94,6 +115,8 @@ class FakeBackend:
     default: WorkerScript = field(default_factory=WorkerScript)
     #: From this (virtual) time on every poll raises, like a database that broke.
     poll_fails_at: float | None = None
+    #: From this (virtual) time on every write (``mark_dead``, ``record``) raises.
+    writes_fail_at: float | None = None
     prepare_fails: bool = False
 
     workers: list[FakeWorker] = field(default_factory=list)
@@ -102,7 +125,20 @@ class FakeBackend:
     events: list[Event] = field(default_factory=list)
     spawning: int = 0
     max_spawning: int = 0
+    #: Workers between the start of their spawn and a poll that reported them
+    #: registered, their kill, or their spawn's failure.  In ``registration``
+    #: slot mode the engine holds a slot over a superset of that interval, so
+    #: ``max_booting <= concurrency`` must hold there.
+    booting: int = 0
+    max_booting: int = 0
     polls: int = 0
+    #: How often each worker (by key) was spawned, failed spawns included.
+    spawn_calls: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Workers (by key) whose row a ``mark_dead`` call failed to mark.
+    unmarked: set[tuple[str, int]] = field(default_factory=set)
+    #: ``(call, began, ended)`` of every call that blocks uncancellably (a
+    #: thread in the real backend): ``"spawn"`` and ``"kill"``.
+    blocking_calls: list[tuple[str, float, float]] = field(default_factory=list)
 
     def script_for(self, spec: WorkerSpec) -> WorkerScript:
         return self.scripts.get(spec.key, self.default)
@@ -125,20 +161,27 @@ class FakeBackend:
     async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
         script = self.script_for(spec)
         async with limiter:
+            self.spawn_calls[spec.key] = self.spawn_calls.get(spec.key, 0) + 1
+            started_at = trio.current_time()
             self.spawning += 1
             self.max_spawning = max(self.max_spawning, self.spawning)
+            self._boot(+1)
             try:
                 # Like a thread, the spawn is not cancellable once it has begun.
                 with trio.CancelScope(shield=True):
                     await trio.sleep(script.spawn_latency)
             finally:
                 self.spawning -= 1
-            if script.spawn_failure == "fatal":
-                raise FatalExecutorError("the fake engine is unreachable")
-            if script.spawn_failure == "error":
+                self.blocking_calls.append(("spawn", started_at, trio.current_time()))
+            if script.spawn_failure is not None:
+                self._boot(-1)
+                if script.spawn_failure == "fatal":
+                    raise FatalExecutorError("the fake engine is unreachable")
                 raise FakeSpawnError(f"cannot spawn {spec.label}")
-            worker = FakeWorker(spec, script, spawned_at=trio.current_time())
+            worker = FakeWorker(spec, script, spawned_at=trio.current_time(),
+                                spawn_started_at=started_at, booting=True)
             self.workers.append(worker)
+            # No checkpoint between the worker existing and its owner knowing it.
             return own(WorkerHandle(spec, spec.executor_id, native=worker))
 
     async def poll(self, handles: Sequence[WorkerHandle]) -> PollResult:
@@ -154,6 +197,9 @@ class FakeBackend:
                 result.exited[handle] = worker.script.exit_code
             if worker.registered_by(now):
                 result.registered[handle] = self.row_of[handle.spec.key]
+                if worker.registered_seen_at is None:
+                    worker.registered_seen_at = now
+                self._end_boot(worker)
         return result
 
     async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
@@ -164,11 +210,15 @@ class FakeBackend:
     async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
+        failures: list[tuple[WorkerHandle, Exception]] = []
         for handle in handles:
             worker: FakeWorker = handle.native
-            if worker.term_at is None:
+            worker.stop_requests.append(now)
+            if worker.script.stop_raises:
+                failures.append((handle, FakeStopError(f"cannot signal {handle.spec.label}")))
+            elif worker.term_at is None:
                 worker.term_at = now
-        return []
+        return failures
 
     async def kill(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
         await trio.lowlevel.checkpoint()
@@ -177,26 +227,69 @@ class FakeBackend:
         for handle in handles:
             worker: FakeWorker = handle.native
             worker.kills += 1
+            worker.kill_times.append(now)
             if worker.killed_at is None:
                 worker.killed_at = now
+            self._end_boot(worker)
             if worker.script.kill_raises:
                 failures.append((handle, FakeStopError(f"cannot kill {handle.spec.label}")))
+        # The kills run in parallel (threads in the real backend): the call
+        # takes as long as the slowest, and cannot be cancelled.
+        latency = max((h.native.script.kill_latency for h in handles), default=0.0)
+        if latency > 0:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(latency)
+        self.blocking_calls.append(("kill", now, trio.current_time()))
         return failures
 
     async def output_tail(self, handle: WorkerHandle) -> str:
         await trio.lowlevel.checkpoint()
         return f"fake output of {handle.spec.label}"
 
-    async def mark_dead(self, specs: Sequence[WorkerSpec], handles: Sequence[WorkerHandle] = ()) -> None:
+    async def mark_dead(
+        self,
+        specs: Sequence[WorkerSpec],
+        handles: Sequence[WorkerHandle] = (),
+        *,
+        reason: str = "worker stopped",
+    ) -> int:
         await trio.lowlevel.checkpoint()
-        for spec in specs:
+        # Like the real registry: by row id and by the handles' executor ids.
+        keys = [spec.key for spec in [*specs, *(h.spec for h in handles)]]
+        if self._write_fails():
+            self.unmarked.update(keys)
+            raise FakeDatabaseError("disk I/O error")
+        for spec in [*specs, *(h.spec for h in handles)]:
             db_id = self.row_of.get(spec.key)
             if db_id is not None:
                 self.rows[db_id] = "dead"
+        return 0
 
     async def record(self, events: Sequence[Event]) -> None:
         await trio.lowlevel.checkpoint()
+        if self._write_fails():
+            raise FakeDatabaseError("disk I/O error")
         self.events.extend(events)
+
+    def _write_fails(self) -> bool:
+        return self.writes_fail_at is not None and trio.current_time() >= self.writes_fail_at
+
+    # -- outside events ----------------------------------------------------------
+
+    def die(self, handle: WorkerHandle, at: float | None = None) -> None:
+        """Make a worker die by itself (a crash, the OOM killer) at ``at`` (default: now)."""
+        worker: FakeWorker = handle.native
+        when = trio.current_time() if at is None else at
+        worker.died_at = when if worker.died_at is None else min(worker.died_at, when)
+
+    def _boot(self, delta: int) -> None:
+        self.booting += delta
+        self.max_booting = max(self.max_booting, self.booting)
+
+    def _end_boot(self, worker: FakeWorker) -> None:
+        if worker.booting:
+            worker.booting = False
+            self._boot(-1)
 
     # -- the books ---------------------------------------------------------------
 

@@ -1,0 +1,364 @@
+"""Chaos with real processes: interrupts, a killed manager, a locked database.
+
+Real simulated workers (``clm_workers.sim``), a real SQLite file, the direct
+executor.  Every test polls with a deadline instead of sleeping to
+synchronise (the only sleeps are the chaos itself: the random moment of an
+interrupt, how long another process holds the database), and kills every
+process it started in ``finally``.  Together they take well under a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from clm_workers import PoolStartupError, WorkerConfig, WorkerPoolManager, schema
+from clm_workers.plan import plan_workers
+from procs import alive, session_processes, wait_until
+
+SIM = "clm_workers.sim"
+LIVE = ("created", "idle", "busy")
+
+#: The interrupt moments of the SIGINT trials come from this seed, so a run can be repeated.
+SIGINT_SEED = 20260403
+SIGINT_TRIALS = 20
+
+
+def live_rows(db: Path, session: str) -> list[tuple[int, str, str]]:
+    """Rows of ``session`` that claim a live worker (``created``, ``idle`` or ``busy``)."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(db, timeout=30) as conn:
+        return conn.execute(
+            "SELECT id, container_id, status FROM workers WHERE session_id = ? AND status IN (?, ?, ?)",
+            (session, *LIVE),
+        ).fetchall()
+
+
+def rows_by_id(db: Path, session: str) -> dict[int, tuple[str, str]]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return {
+            row_id: (container_id, status)
+            for row_id, container_id, status in conn.execute(
+                "SELECT id, container_id, status FROM workers WHERE session_id = ?", (session,)
+            )
+        }
+
+
+def kill_sessions(sessions: list[str]) -> None:
+    """Last resort in ``finally``: SIGKILL whatever a failed test left of these sessions."""
+    for session in sessions:
+        for pid in session_processes(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Lines:
+    """JSON lines from a child's stdout, read by a thread so that every read has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._queue: queue.Queue[dict | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            if line.startswith("{"):
+                self._queue.put(json.loads(line))
+        self._queue.put(None)
+
+    def next(self, timeout: float, *, until=lambda message: True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no matching message from the manager within {timeout} s") from None
+            if message is None:
+                raise AssertionError("the manager process ended its output")
+            if until(message):
+                return message
+
+
+def manager_process(tmp_path: Path, body: str) -> subprocess.Popen:
+    """A manager in its own process (so it can be interrupted or killed), talking JSON lines."""
+    script = tmp_path / "chaos_manager.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, trio
+        from pathlib import Path
+        from clm_workers import WorkerConfig, WorkerPoolManager
+        tmp = Path(sys.argv[1])
+        def say(**message):
+            print(json.dumps(message), flush=True)
+        def sim(worker_type, count, boot):
+            return WorkerConfig(worker_type, count, module="clm_workers.sim",
+                                env={"CLM_SIM_BOOT_DELAY": str(boot)})
+    """) + textwrap.dedent(body))
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+
+
+def end_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+# -- SIGINT at random moments ---------------------------------------------------------
+
+
+SIGINT_MANAGER = """
+    # 32 workers of four boot times; one trial per "go" line on stdin, all on one database.
+    BOOTS = {"notebook": 0.1, "plantuml": 0.3, "drawio": 0.6, "slow": 1.0}
+    db = tmp / "jobs.db"
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        manager = WorkerPoolManager(db, tmp, [sim(t, 8, b) for t, b in BOOTS.items()], stop_timeout=3)
+        state = {"phase": "starting"}
+
+        async def trial():
+            say(event="starting", session=manager.session_id)
+            await manager.start_pools()
+            state["phase"] = "running"
+            say(event="started", running=manager.running)
+            try:
+                await trio.sleep_forever()
+            finally:  # what a careful caller does with a running pool
+                with trio.CancelScope(shield=True):
+                    await manager.stop_pools()
+
+        try:
+            trio.run(trial)
+        except KeyboardInterrupt:
+            say(event="interrupted", phase=state["phase"], running=manager.running)
+        except BaseException as exc:
+            say(event="error", error=repr(exc))
+"""
+
+
+def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path):
+    """20 starts of 32 workers, each interrupted by SIGINT at a random (seeded) moment."""
+    rng = random.Random(SIGINT_SEED)
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, SIGINT_MANAGER)
+    lines = Lines(proc)
+    sessions: list[str] = []
+    phases: list[str] = []
+    try:
+        for trial in range(SIGINT_TRIALS):
+            proc.stdin.write(f"go {trial}\n")
+            proc.stdin.flush()
+            session = lines.next(15, until=lambda m: m["event"] == "starting")["session"]
+            sessions.append(session)
+            moment = rng.uniform(0.0, 1.4)
+            time.sleep(moment)  # the chaos itself: an interrupt at a random moment, not a wait
+            proc.send_signal(signal.SIGINT)
+            outcome = lines.next(15, until=lambda m: m["event"] in ("interrupted", "error"))
+            context = f"trial {trial}, SIGINT {moment:.3f} s after the start: {outcome}"
+            assert outcome["event"] == "interrupted", context
+            phases.append(outcome["phase"])
+            # The manager stopped (killed and reaped) every worker itself before the
+            # interrupt came out: none is left even now, before any lifeline could act.
+            assert outcome["running"] == 0, context
+            assert session_processes(session) == [], context
+            assert live_rows(db, session) == [], context
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        end_process(proc)
+        kill_sessions(sessions)
+    # The moments must mostly fall inside start_pools, or the test tests something else.
+    print(f"SIGINT landed {phases.count('starting')}x during start_pools, "
+          f"{phases.count('running')}x after it")
+    assert phases.count("starting") >= SIGINT_TRIALS // 2, phases
+
+
+# -- SIGKILL of the manager ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment", ["while spawning", "while waiting for registrations", "after startup"])
+def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment):
+    """Unlike tests/test_manager.py's version: 32 workers, a kill in the middle of the
+    spawns too, every process of the session checked (not only those seen before the
+    kill), and no row left claiming a registered worker."""
+    boot = 0.2 if moment == "after startup" else 30
+    # Two spawns at a time: the spawns take long enough to be caught in the middle.
+    concurrency = 2 if moment == "while spawning" else 10
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 32, {boot})],
+                                    max_startup_concurrency={concurrency})
+        say(event="session", session=manager.session_id)
+        trio.run(manager.start_pools)
+        say(event="started", running=manager.running)
+        trio.run(trio.sleep_forever)
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        session = lines.next(15)["session"]
+        if moment == "while spawning":
+            seen = wait_until(lambda: session_processes(session), 15, interval=0.002)
+        elif moment == "while waiting for registrations":
+            def all_spawned():
+                found = session_processes(session)
+                return len(found) == 32 and found
+
+            seen = wait_until(all_spawned, 15)
+        else:
+            assert lines.next(15) == {"event": "started", "running": 32}
+            seen = session_processes(session)
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(5)
+        if moment == "while spawning":
+            assert len(seen) < 32, "the kill should have come in the middle of the spawns"
+        left = 2.0 - (time.monotonic() - killed_at)
+        wait_until(lambda: not session_processes(session), max(left, 0.0))
+        assert not any(alive(pid) for pid in seen)
+        # Registered workers mark their own rows dead when their lifeline ends; rows of
+        # workers that never registered stay "created" for the next manager to retire.
+        claims = [r for r in live_rows(db, session) if r[2] != "created"]
+        assert claims == []
+        if moment == "after startup":
+            assert live_rows(db, session) == []
+    finally:
+        end_process(proc)
+        kill_sessions([session] if session else [])
+
+
+# -- a database another process holds a write lock on -------------------------------------
+
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))  # how long this process holds the lock: the chaos itself
+conn.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process takes the database's write lock (``BEGIN IMMEDIATE``) for ``seconds``."""
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the lock is held (or the process ends)
+    assert line.strip() == "locked", line
+    return proc
+
+
+def sim(worker_type: str, count: int, boot: float) -> WorkerConfig:
+    return WorkerConfig(worker_type, count, module=SIM, env={"CLM_SIM_BOOT_DELAY": str(boot)})
+
+
+@pytest.mark.parametrize(
+    ("when", "registration_timeout"),
+    [
+        ("before the start", 10.0),      # pre-registration waits for the lock
+        ("while workers register", 10.0),  # every registration waits for the lock
+        ("longer than the timeout", 1.5),  # registrations cannot finish in time
+    ],
+)
+async def test_database_locked_by_another_process_during_startup(tmp_path, when, registration_timeout):
+    db = tmp_path / "jobs.db"
+    conn = schema.connect(db)
+    schema.ensure_schema(conn)
+    conn.close()
+    # Boots long enough that the other process surely holds the lock before any registers.
+    configs = [sim("notebook", 6, 1.0), sim("plantuml", 4, 1.0)]
+    manager = WorkerPoolManager(db, tmp_path, configs, registration_timeout=registration_timeout,
+                                stop_timeout=2)
+    lockers: list[subprocess.Popen] = []
+
+    def on_progress(event) -> None:
+        # The first spawn: the other process takes the lock while the workers boot.
+        if event.kind == "spawned" and not lockers:
+            lockers.append(hold_write_lock(db, 3.0))
+
+    if when == "before the start":
+        lockers.append(hold_write_lock(db, 3.0))
+    try:
+        began = trio.current_time()
+        with trio.fail_after(30):
+            try:
+                report = await manager.start_pools(on_progress=on_progress if not lockers else None)
+            except PoolStartupError as exc:
+                # Failing is allowed, but only with a reason that names the database, and
+                # with nothing left behind.
+                assert "database" in str(exc), exc
+                assert session_processes(manager.session_id) == []
+                assert live_rows(db, manager.session_id) == []
+                return
+        assert lockers and lockers[0].wait(10) == 0, "the lock should have been held and released"
+        planned = {(c.worker_type, i) for c in configs for i in range(c.count)}
+        started = {(w.worker_type, w.index): w for w in report.started}
+        failed = {(f.worker_type, f.index): f for f in report.failed}
+        # Nothing is lost: every worker is started or failed, once, with a reason.
+        assert started.keys() | failed.keys() == planned and not started.keys() & failed.keys()
+        assert all(f.reason for f in failed.values())
+        rows = rows_by_id(db, manager.session_id)
+        for worker in started.values():
+            assert alive(worker.pid), worker
+            assert rows[worker.db_worker_id] == (worker.executor_id, "idle")
+        for failure in failed.values():
+            assert failure.phase == "timeout" and "did not register within" in failure.reason, failure
+            assert (failure.executor_id, "dead") in rows.values(), failure
+        assert sorted(session_processes(manager.session_id)) == sorted(w.pid for w in started.values())
+        if when == "longer than the timeout":
+            assert failed, "a 3 s lock should have made 1.5 s registrations time out"
+        else:
+            assert not failed, report.failed
+            # The lock was in the way (1 s boots took over 3 s), and startup waited it out.
+            assert trio.current_time() - began > 3.0, report.duration
+    finally:
+        with trio.CancelScope(shield=True):
+            await manager.stop_pools()
+        for locker in lockers:
+            end_process(locker)
+        kill_sessions([manager.session_id])
+    assert session_processes(manager.session_id) == []
+    assert live_rows(db, manager.session_id) == []
+
+
+# -- a replacement start into a running pool ------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["fails with fail_fast", "is cancelled"])
+async def test_a_replacement_that_fails_leaves_the_running_pool_alone(tmp_path, how):
+    db = tmp_path / "jobs.db"
+    manager = WorkerPoolManager(db, tmp_path, [sim("notebook", 3, 0.1)], fail_fast=True)
+    report = await manager.start_pools()
+    try:
+        pids = [w.pid for w in report.started]
+        assert len(pids) == 3
+        env = {"CLM_SIM_FAIL": "crash"} if how == "fails with fail_fast" else {"CLM_SIM_BOOT_DELAY": "30"}
+        [replacement] = plan_workers([WorkerConfig("plantuml", 1, module=SIM, env=env)], manager.session_id)
+        with trio.move_on_after(1.0 if how == "is cancelled" else 30):
+            assert await manager.replace_worker(replacement) is False
+        assert all(alive(pid) for pid in pids), "the replacement's cleanup stopped the running pool"
+        assert manager.running == 3
+    finally:
+        with trio.CancelScope(shield=True):
+            await manager.stop_pools()
+        kill_sessions([manager.session_id])
