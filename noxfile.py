@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s property``, ``nox -s lint``, ``nox -s demo``."""
+"""Developer sessions: ``nox -s tests``, ``property``, ``lint``, ``demo`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -34,3 +34,23 @@ def demo(session: nox.Session) -> None:
     """The README's main job."""
     session.install("-e", ".")
     session.run("clm-workers", "demo", *session.posargs)
+
+
+@nox.session(python=False)
+def image(session: nox.Session) -> None:
+    """The docker worker image clm-workers-sim:latest (and, if missing, its local base image).
+
+    Idempotent; about a second when nothing changed.  ``BASE=python:3.11-slim``
+    builds on the official image where the engine can pull (docs/docker.md).
+    """
+    session.run("bash", "worker-image/build-image.sh", external=True)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Every startup strategy side by side; writes docs/benchmarks.md, .json and .png.
+
+    About 17 minutes on 2 cores.  ``nox -s bench -- --quick`` is the 15-second smoke run.
+    """
+    session.install("-e", ".[bench]")
+    session.run("clm-workers", "bench", *session.posargs)
