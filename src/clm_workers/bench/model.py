@@ -21,6 +21,10 @@ WORKER_TYPE = "notebook"
 #: when all boot at once, which must show as slow, not as a timeout.
 REGISTRATION_TIMEOUT = 60.0
 
+#: A run is *quiet* when other processes took at most this share of all cores
+#: during it: on a shared machine the quiet runs show what the strategy does.
+QUIET_SHARE = 0.25
+
 STRATEGIES = ("sequential", "threadpool", "clm-workers", "clm-workers/reg")
 BASELINES = ("sequential", "threadpool")
 
@@ -103,6 +107,10 @@ class RunResult:
     def foreign_cpu(self) -> float:
         """Busy CPU seconds of the machine that were neither the manager's nor its workers'."""
         return max(0.0, self.machine_busy - self.cpu - sum(self.worker_cpu))
+
+    def quiet(self, cores: int) -> bool:
+        """Whether other processes used less than QUIET_SHARE of the machine during the run."""
+        return self.foreign_cpu <= QUIET_SHARE * cores * self.wall
 
 
 def registration_times(db_path: Path, session_id: str) -> dict[int, float]:

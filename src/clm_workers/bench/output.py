@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .model import STRATEGIES
+from .model import QUIET_SHARE, STRATEGIES
 from .runner import BenchResult
 from .summary import CellStats
 
@@ -78,7 +78,9 @@ def render_markdown(result: BenchResult) -> str:
         "*q/tick*: queries x poll interval / wall (clm-workers polls every 10 ms, the baselines "
         "every 0.5 s per worker); *worker CPU*: median CPU of one worker when the startup "
         "returned; *other CPU*: CPU the machine spent on anything else meanwhile (other "
-        "processes: noise); *vs*: how many times faster than that baseline (median / median).",
+        "processes: noise); *quiet*: the median wall of the runs in which that other CPU stayed "
+        f"under {QUIET_SHARE:.0%} of all cores, and how many runs those were; *vs*: how many times "
+        "faster than that baseline (median / median).",
         "",
         "### Targets (issue 5)",
         "",
@@ -93,7 +95,8 @@ def render_markdown(result: BenchResult) -> str:
 
 
 def _cell_table(cells: list[CellStats]) -> list[str]:
-    header = ("| N | bound s | strategy | wall s | min-max s | x bound | first s | detect ms p50/p95 "
+    header = ("| N | bound s | strategy | wall s | min-max s | quiet s (runs) | x bound | first s "
+              "| detect ms p50/p95 "
               "| mgr CPU s | queries | q/tick | worker CPU ms | other CPU s | vs threadpool "
               "| vs sequential |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -111,6 +114,7 @@ def _cell_table(cells: list[CellStats]) -> list[str]:
                     f"`{name}`{lost}",
                     f"**{_s(stats.wall_median)}**",
                     f"{_s(stats.wall_min)}-{_s(stats.wall_max)}",
+                    f"{_s(stats.quiet_wall_median)} ({stats.quiet_runs})",
                     _x(cell.ratio_to_bound(name)),
                     _s(stats.first_median),
                     f"{_ms(stats.detection_p50)} / {_ms(stats.detection_p95)}",
