@@ -113,7 +113,8 @@ class WorkerPool:
             self._update(startup_done=True)
             await self.monitor.run()
         finally:
-            self._update(startup_done=True)
+            # No "startup done" here: a failed startup cancels the body (and
+            # its waiters) with the error, which is all they should see.
             with trio.CancelScope(shield=True):
                 await self.manager.stop_pools()
 

@@ -110,7 +110,7 @@ class _StartupRun:
                 specs, [_pool_event("pool_starting", specs)] if self.announce else []
             )
         except FatalExecutorError as exc:
-            raise PoolStartupError(f"{exc}; no worker was started") from exc
+            raise PoolStartupError(str(exc)) from exc
         except Exception as exc:
             raise database_unusable(exc) from exc
         try:

@@ -1,0 +1,357 @@
+"""``clm-workers stop --db PATH``: stop pools that other processes started.
+
+A pool belongs to the manager process that started it: only that process
+holds its workers' handles and lifelines.  So ``stop`` asks the manager to
+stop (its pid and host are in ``clm_worker_sessions``) and waits, bounded;
+and only when the manager is gone, or does not stop in time, does it clean up
+after it, using what the database and the engine know:
+
+1. **Signal the manager.**  ``clm-workers start`` gets SIGTERM (its clean
+   stop: every worker SIGTERMed, ``stop.grace``, SIGKILL, rows ``dead``).
+   Any other manager (CLM itself) gets SIGINT first, which Python turns into
+   ``KeyboardInterrupt`` and ``start_pools``/``stop_pools`` clean up on;
+   SIGTERM at half the timeout.  A pid is only signalled while the session's
+   lease is alive, on this host, and the process is older than the session
+   (so a reused pid is never hit).
+2. **Wait** until the manager has exited, at most ``--timeout`` seconds;
+   then SIGKILL it.
+3. **Clean up what it left**, if anything:
+   - direct workers exit by themselves within about a second of their
+     manager's death (their lifeline pipe ends); any process of the session
+     still there after that (found by ``CLM_SESSION_ID`` in its environment,
+     this host only) is killed with its process group;
+   - containers are removed by their labels (``clm.session``, ``clm.db``);
+   - the session's rows that still claim a worker become ``dead`` (in-flight
+     jobs requeued, as the manager would have done), a ``pool_stopped`` event
+     records who stopped it, and the lease is expired.
+
+Rows without a session (workers CLM started itself) are never touched.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import inventory
+from ..errors import ConfigError
+from ..registry import Event, Registry
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 0
+EXIT_NOT_ALL_STOPPED = 1
+
+#: How long direct workers get to exit through their lifeline once their manager is gone.
+LIFELINE_WAIT_SECONDS = 3.0
+#: How long a SIGKILLed process gets to disappear.
+KILL_WAIT_SECONDS = 3.0
+_POLL_SECONDS = 0.05
+
+
+@dataclass
+class SessionStop:
+    """What ``stop`` did to one session."""
+
+    session_id: str
+    manager_pid: int | None
+    host: str | None
+    #: ``stopped``: its manager stopped it.  ``cleaned``: the manager was gone
+    #: (or killed) and ``stop`` cleaned up.  ``not_stopped``: see ``detail``.
+    outcome: str = "not_stopped"
+    ok: bool = False
+    detail: str = ""
+    signals: list[str] = field(default_factory=list)
+    manager_killed: bool = False
+    seconds: float = 0.0
+    rows_marked_dead: int = 0
+    processes_killed: int = 0
+    containers_removed: list[str] = field(default_factory=list)
+
+
+Report = Callable[[str], None]
+
+
+def stop_database(
+    db_path: Path,
+    *,
+    session_prefix: str | None = None,
+    timeout: float = 30.0,
+    report: Report = lambda line: None,
+    setting: str = "--db",
+) -> list[SessionStop]:
+    """Stop every pool (session) of the database that still runs or claims workers.
+
+    Raises :class:`ConfigError` for a database that is not there or not CLM's
+    (``setting`` names where its path came from), or a ``session_prefix``
+    that names no session.  Blocking.
+    """
+    conn = inventory.open_database(db_path, setting)
+    try:
+        sessions = inventory.read_sessions(conn)
+        if session_prefix:
+            matching = [s for s in sessions if s.session_id.startswith(session_prefix)]
+            if not matching:
+                known = ", ".join(s.session_id[:8] for s in sessions) or "none"
+                raise ConfigError("--session", session_prefix,
+                                  f"a session id (or its start) of this database; it has: {known}")
+            sessions = matching
+        targets = [(s, inventory.active_rows(conn, s.session_id)) for s in sessions]
+    finally:
+        conn.close()
+    targets = [(s, rows) for s, rows in targets if s.alive or rows]
+    if not targets:
+        return []
+
+    t0 = time.monotonic()
+    this_host = socket.gethostname()
+    results: dict[str, SessionStop] = {}
+    waiting: dict[str, int] = {}  # session -> manager pid we signalled
+    for session, rows in targets:
+        result = results[session.session_id] = SessionStop(session.session_id, session.pid, session.host)
+        live = f"{len(rows)} worker{'s' if len(rows) != 1 else ''}"
+        if session.alive and session.host not in (None, this_host):
+            result.detail = (f"its manager (pid {session.pid}) runs on host {session.host}; "
+                             "run `clm-workers stop` there")
+            report(f"clm-workers: session {session.session_id[:8]}: {result.detail}")
+            continue
+        if session.alive and session.pid is not None and _is_manager(session):
+            first = signal.SIGTERM if _is_clm_workers_cli(session.pid) else signal.SIGINT
+            try:
+                os.kill(session.pid, first)
+            except ProcessLookupError:
+                pass  # it ended just now: clean up below
+            except PermissionError:
+                result.detail = f"not allowed to signal its manager (pid {session.pid}); run stop as its user"
+                report(f"clm-workers: session {session.session_id[:8]}: {result.detail}")
+                continue
+            else:
+                result.signals.append(first.name)
+                waiting[session.session_id] = session.pid
+                report(f"clm-workers: session {session.session_id[:8]} ({live}): {first.name} to its "
+                       f"manager, pid {session.pid}; waiting up to {timeout:g} s for it to stop them")
+                continue
+        report(f"clm-workers: session {session.session_id[:8]} ({live}): its manager is gone; "
+               "cleaning up what it left")
+
+    _wait_for_managers(waiting, results, t0, timeout, report)
+
+    for session, _ in targets:
+        result = results[session.session_id]
+        if result.detail:  # elsewhere, or not ours to signal
+            continue
+        _clean_up(db_path, session, result, report)
+        result.seconds = round(time.monotonic() - t0, 3)
+    return list(results.values())
+
+
+def _wait_for_managers(
+    waiting: dict[str, int], results: dict[str, SessionStop], t0: float, timeout: float, report: Report
+) -> None:
+    deadline = t0 + timeout
+    escalate_at = t0 + timeout / 2
+    while waiting and time.monotonic() < deadline:
+        for session_id, pid in list(waiting.items()):
+            if not _alive(pid):
+                del waiting[session_id]
+                results[session_id].seconds = round(time.monotonic() - t0, 3)
+                continue
+            result = results[session_id]
+            if time.monotonic() >= escalate_at and "SIGTERM" not in result.signals:
+                report(f"clm-workers: session {session_id[:8]}: its manager ignored "
+                       f"{result.signals[-1]}; sending SIGTERM")
+                _signal(pid, signal.SIGTERM)
+                result.signals.append("SIGTERM")
+        time.sleep(_POLL_SECONDS)  # polling a foreign process, bounded by the deadline
+    for session_id, pid in waiting.items():
+        report(f"clm-workers: session {session_id[:8]}: its manager (pid {pid}) did not stop "
+               f"within {timeout:g} s; killing it")
+        _signal(pid, signal.SIGKILL)
+        results[session_id].signals.append("SIGKILL")
+        results[session_id].manager_killed = True
+        _wait_gone([pid], KILL_WAIT_SECONDS)
+
+
+def _clean_up(db_path: Path, session: inventory.SessionRow, result: SessionStop, report: Report) -> None:
+    """Stop what the (gone) manager left: processes, containers, rows, lease."""
+    sid = session.session_id
+    problems: list[str] = []
+    conn = inventory.connect_existing(db_path)
+    try:
+        rows = inventory.read_workers(conn, session=sid)
+        if any(r.execution_mode == "docker" for r in rows):
+            try:
+                result.containers_removed = _remove_containers(db_path, sid)
+            except Exception as exc:
+                problems.append(f"could not remove its containers: {exc}")
+        leftovers = _session_processes(sid)
+        if leftovers:
+            leftovers = _wait_gone(leftovers, LIFELINE_WAIT_SECONDS)
+        for pid in leftovers:
+            _kill_group(pid)
+        if leftovers:
+            still = _wait_gone(leftovers, KILL_WAIT_SECONDS)
+            result.processes_killed = len(leftovers) - len(still)
+            if still:
+                problems.append(f"processes {', '.join(map(str, still))} survived SIGKILL")
+        active = [r.id for r in rows if r.status in inventory.ACTIVE_STATUSES]
+        if active or result.processes_killed or result.containers_removed or result.manager_killed:
+            registry = Registry(db_path, session_id=sid)
+            registry.open()
+            try:
+                reason = f"stopped by clm-workers stop (pid {os.getpid()}): its manager was gone"
+                registry.mark_dead(active, reason=reason)
+                registry.record_events([Event(
+                    "pool_stopped", "-", message=f"{reason}; {len(active)} rows marked dead",
+                    metadata={"by": "clm-workers stop", "rows": len(active),
+                              "processes_killed": result.processes_killed,
+                              "containers_removed": len(result.containers_removed),
+                              "manager_killed": result.manager_killed},
+                )])
+            finally:
+                registry.close()
+            result.rows_marked_dead = len(active)
+        inventory.expire_lease(conn, sid)
+    finally:
+        conn.close()
+    result.ok = not problems
+    cleaned = bool(result.rows_marked_dead or result.processes_killed or result.containers_removed
+                   or result.manager_killed)
+    result.outcome = "cleaned" if cleaned or not result.signals else "stopped"
+    result.outcome = result.outcome if result.ok else "not_stopped"
+    result.detail = "; ".join(problems)
+    short = sid[:8]
+    if not result.ok:
+        report(f"clm-workers: session {short}: {result.detail}")
+    elif result.outcome == "stopped":
+        report(f"clm-workers: session {short}: stopped by its manager in {result.seconds:.2f} s")
+    else:
+        parts = [f"{result.rows_marked_dead} rows marked dead"]
+        if result.processes_killed:
+            parts.append(f"{result.processes_killed} leftover processes killed")
+        if result.containers_removed:
+            parts.append(f"{len(result.containers_removed)} containers removed")
+        report(f"clm-workers: session {short}: cleaned up ({', '.join(parts)}); direct workers "
+               "whose manager is gone exit by themselves within about a second (lifeline)")
+
+
+def _remove_containers(db_path: Path, session_id: str) -> list[str]:
+    from ..executors.docker import DockerExecutor  # the docker SDK only when there are containers
+
+    executor = DockerExecutor(db_path=db_path.resolve(), workspace_path=db_path.resolve().parent,
+                              pool_size=2)
+    try:
+        return executor.remove_containers_of({session_id})
+    finally:
+        executor.close()
+
+
+# -- processes (Linux /proc) ---------------------------------------------------------
+
+
+def _is_manager(session: inventory.SessionRow) -> bool:
+    """The session's pid runs and started before the session did (so it was not reused)."""
+    pid = session.pid
+    if pid is None or not _alive(pid):
+        return False
+    started = _process_start(pid)
+    session_start = _utc_epoch(session.started_at)
+    if started is None or session_start is None:
+        return True
+    return started <= session_start + 2.0
+
+
+def _is_clm_workers_cli(pid: int) -> bool:
+    """Whether ``pid`` is ``clm-workers start`` (which stops cleanly on SIGTERM)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    ours = any(a == b"clm-workers" or a.endswith(b"/clm-workers") or a == b"clm_workers.cli" for a in args)
+    return ours and b"start" in args
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _process_start(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _utc_epoch(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%d %H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def _session_processes(session_id: str) -> list[int]:
+    """Pids of this host's processes (in our pid namespace) that carry ``CLM_SESSION_ID=session_id``."""
+    marker = f"CLM_SESSION_ID={session_id}".encode()
+    try:
+        our_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        our_ns = None
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if our_ns is not None and os.readlink(entry / "ns" / "pid") != our_ns:
+                continue  # a container's process: removed with its container
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """Wait (bounded) until the processes have exited; those still alive."""
+    deadline = time.monotonic() + seconds
+    alive = [p for p in pids if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)  # polling foreign processes, bounded by the deadline
+        alive = [p for p in alive if _alive(p)]
+    return alive
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a worker and its children: a direct worker leads its own process group."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return
+    except (ProcessLookupError, PermissionError):
+        pass
+    _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError) as exc:
+        log.debug("cannot send %s to %d: %s", signum.name, pid, exc)

@@ -1,0 +1,275 @@
+"""``clm-workers stop --db``: stop a pool that another process started.
+
+Each case names the failure mode it guards against: a manager that must stop
+its own workers cleanly, a manager that died (SIGKILL) and left rows claiming
+live workers, a manager that ignores signals, and a manager on another host
+(whose pid means nothing here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import docker
+import docker.errors
+import pytest
+
+from clitools import (
+    StartProcess,
+    alive,
+    clm_workers,
+    db_rows,
+    no_worker_left,
+    session_of,
+    sim_pools,
+    statuses,
+    write_config,
+)
+from procs import session_processes, wait_until
+
+
+def test_stop_asks_a_running_start_to_stop_its_workers(tmp_path):
+    write_config(tmp_path, sim_pools(notebook=2, plantuml=1))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        db = tmp_path / "jobs.db"
+        session = session_of(db)
+        assert len(session_processes(session)) == 3
+
+        result = clm_workers("stop", "--db", str(db), "--json")  # another process
+        assert result.returncode == 0, result.stderr
+        assert start.wait(timeout=30) == 0, start.stderr   # it stopped itself, cleanly
+    finally:
+        start.kill()
+    no_worker_left(session)
+    [stopped] = json.loads(result.stdout)["sessions"]
+    assert stopped["session_id"] == session and stopped["outcome"] == "stopped" and stopped["ok"]
+    assert stopped["signals"] == ["SIGTERM"] and stopped["manager_pid"] == start.popen.pid
+    assert stopped["rows_marked_dead"] == 0  # the manager did that itself
+    assert statuses(db) == ["dead"] * 3
+    assert "clm-workers: SIGTERM: stopping every worker" in start.stderr
+    assert f"session {session[:8]}: stopped by its manager in " in result.stderr
+
+    again = clm_workers("stop", "--db", str(db))
+    assert again.returncode == 0
+    assert "nothing to stop" in again.stderr
+
+
+def test_stop_cleans_up_after_a_manager_that_was_killed(tmp_path):
+    write_config(tmp_path, sim_pools(notebook=2, plantuml=1, boot_delay=0))
+    start = StartProcess(tmp_path)
+    start.wait_for_output("clm-workers: running")
+    db = tmp_path / "jobs.db"
+    session = session_of(db)
+    start.kill()  # SIGKILL: no cleanup at all; the rows still claim 3 live workers
+
+    result = clm_workers("stop", "--db", str(db), "--json")
+    assert result.returncode == 0, result.stderr
+    [cleaned] = json.loads(result.stdout)["sessions"]
+    assert cleaned["outcome"] == "cleaned" and cleaned["ok"] and cleaned["signals"] == []
+    assert "its manager is gone" in result.stderr
+    assert "exit by themselves within about a second (lifeline)" in result.stderr
+    no_worker_left(session)
+    assert statuses(db) == ["dead"] * 3
+    [(expired,)] = db_rows(db, "SELECT lease_expires_at <= julianday('now') FROM clm_worker_sessions")
+    assert expired == 1
+
+
+FAKE_MANAGER = textwrap.dedent("""
+    import os, signal, sys, time
+    from clm_workers import schema
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    conn = schema.connect(sys.argv[1])
+    schema.ensure_schema(conn)
+    conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
+                 " VALUES (?, ?, ?, julianday('now') + 1)", (sys.argv[2], os.getpid(), sys.argv[3]))
+    conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
+                 " VALUES ('notebook', 'direct-notebook-0-0000abcd', 'idle', ?)", (sys.argv[2],))
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def fake_manager(db, session: str, host: str) -> subprocess.Popen[str]:
+    """A manager that holds a live session and ignores SIGINT and SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_MANAGER, str(db), session, host],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_manager_that_ignores_signals_is_killed_after_the_timeout(tmp_path):
+    db = tmp_path / "jobs.db"
+    session = uuid.uuid4().hex
+    manager = fake_manager(db, session, socket.gethostname())
+    try:
+        result = clm_workers("stop", "--db", str(db), "--timeout", "1", "--json")
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: manager.poll() is not None, 10)
+        assert manager.returncode == -signal.SIGKILL
+    finally:
+        manager.kill()
+        manager.wait()
+    [killed] = json.loads(result.stdout)["sessions"]
+    # Not clm-workers start: SIGINT first (Python's KeyboardInterrupt), then SIGTERM, then SIGKILL.
+    assert killed["signals"] == ["SIGINT", "SIGTERM", "SIGKILL"] and killed["manager_killed"] is True
+    assert killed["outcome"] == "cleaned" and killed["rows_marked_dead"] == 1
+    assert statuses(db) == ["dead"]
+    [(message,)] = db_rows(db, "SELECT message FROM worker_events WHERE event_type = 'pool_stopped'")
+    assert "stopped by clm-workers stop" in str(message)
+
+
+def test_a_manager_on_another_host_is_not_signalled(tmp_path):
+    db = tmp_path / "jobs.db"
+    session = uuid.uuid4().hex
+    manager = fake_manager(db, session, "some-other-host")
+    try:
+        result = clm_workers("stop", "--db", str(db), "--timeout", "1")
+        assert result.returncode == 1
+        assert f"session {session[:8]}: its manager (pid {manager.pid}) runs on host some-other-host; " \
+               "run `clm-workers stop` there" in result.stderr
+        assert alive(manager.pid)  # the pid means another process there: never signalled
+        assert statuses(db) == ["idle"]  # nor are its rows touched
+    finally:
+        manager.kill()
+        manager.wait()
+
+
+def test_stop_a_session_by_prefix_and_bad_input(tmp_path):
+    db = tmp_path / "jobs.db"
+    missing = clm_workers("stop", "--db", str(db))
+    assert missing.returncode == 2 and "expected the path of an existing CLM jobs database" in missing.stderr
+    session = uuid.uuid4().hex
+    manager = fake_manager(db, session, socket.gethostname())
+    try:
+        wrong = clm_workers("stop", "--db", str(db), "--session", "zzzz")
+        assert wrong.returncode == 2
+        assert f"--session: 'zzzz' is not allowed; expected a session id (or its start) of this " \
+               f"database; it has: {session[:8]}" in wrong.stderr
+        bad_timeout = clm_workers("stop", "--db", str(db), "--timeout", "0")
+        assert bad_timeout.returncode == 2 and "--timeout: 0.0 is not allowed" in bad_timeout.stderr
+        assert alive(manager.pid)
+        result = clm_workers("stop", "--db", str(db), "--session", session[:6], "--timeout", "1")
+        assert result.returncode == 0, result.stderr
+    finally:
+        manager.kill()
+        manager.wait()
+    assert statuses(db) == ["dead"]
+
+
+def test_stop_reads_the_database_from_workers_toml(tmp_path):
+    write_config(tmp_path, 'database = "pool.db"\n' + sim_pools(notebook=1, plantuml=1))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        session = session_of(tmp_path / "pool.db")
+        result = clm_workers("stop", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert start.wait(timeout=30) == 0
+    finally:
+        start.kill()
+    no_worker_left(session)
+    assert os.path.exists(tmp_path / "pool.db")
+
+
+CLM_LIKE_HOST = textwrap.dedent("""
+    import sys, time
+    import trio
+    from clm_workers import WorkerConfig, WorkerPoolManager
+    manager = WorkerPoolManager(sys.argv[1], sys.argv[2],
+                                [WorkerConfig("notebook", 2, module="clm_workers.sim")])
+    trio.run(manager.start_pools)
+    manager.start_monitoring()
+    print("ready", flush=True)
+    try:
+        while True:          # CLM building the course between the two calls
+            time.sleep(0.05)
+    finally:
+        trio.run(manager.stop_pools)
+        print("stopped", flush=True)
+""")
+
+
+def test_stop_interrupts_a_library_manager_which_stops_its_pool_in_its_finally(tmp_path):
+    db = tmp_path / "jobs.db"
+    host = subprocess.Popen([sys.executable, "-c", CLM_LIKE_HOST, str(db), str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None and host.stdout.readline().strip() == "ready"
+        session = session_of(db)
+        assert len(session_processes(session)) == 2
+        result = clm_workers("stop", "--db", str(db), "--json")
+        assert result.returncode == 0, result.stderr
+        out, _ = host.communicate(timeout=30)
+    finally:
+        host.kill()
+        host.wait()
+    assert "stopped" in out  # its own stop_pools ran
+    [stopped] = json.loads(result.stdout)["sessions"]
+    assert stopped["signals"] == ["SIGINT"] and stopped["outcome"] == "stopped"
+    no_worker_left(session)
+    assert statuses(db) == ["dead", "dead"]
+
+
+def _docker_problem() -> str | None:
+    try:
+        client = docker.from_env(version="auto", timeout=10)
+    except docker.errors.DockerException as exc:
+        return f"no Docker engine is reachable ({exc})"
+    try:
+        client.api.inspect_image(DOCKER_IMAGE)
+    except docker.errors.ImageNotFound:
+        return f"the worker image {DOCKER_IMAGE} is missing; build it with `nox -s image`"
+    finally:
+        client.close()
+    return None
+
+
+DOCKER_IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
+
+
+def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
+    problem = _docker_problem()
+    if problem is not None:
+        if os.environ.get("CLM_REQUIRE_DOCKER_TESTS") == "1":
+            raise AssertionError(f"{problem} (CLM_REQUIRE_DOCKER_TESTS=1)")
+        pytest.skip(problem)
+    write_config(tmp_path, f"""
+        [[pools]]
+        type = "notebook"
+        count = 2
+        mode = "docker"
+        image = "{DOCKER_IMAGE}"
+        module = "clm_workers.sim"
+    """)
+    start = StartProcess(tmp_path)
+    client = docker.from_env(version="auto")
+    try:
+        start.wait_for_output("clm-workers: running")
+        session = session_of(tmp_path / "jobs.db")
+        label = {"label": f"clm.session={session}"}
+        assert len(client.containers.list(filters=label)) == 2
+        start.kill()  # SIGKILL: the containers keep running until their lease runs out
+
+        result = clm_workers("stop", "--db", str(tmp_path / "jobs.db"), "--json")
+        assert result.returncode == 0, result.stderr
+        [cleaned] = json.loads(result.stdout)["sessions"]
+        assert cleaned["outcome"] == "cleaned" and len(cleaned["containers_removed"]) == 2
+        assert client.containers.list(all=True, filters=label) == []
+        assert statuses(tmp_path / "jobs.db") == ["dead", "dead"]
+    finally:
+        start.kill()
+        db_label = f"clm.db-path={(tmp_path / 'jobs.db').resolve()}"
+        for container in client.containers.list(all=True, filters={"label": db_label}):
+            container.remove(force=True)
+        client.close()
