@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class ConfigError(ValueError):
     """A setting has a value that is not allowed.
@@ -50,3 +53,33 @@ def database_unusable(exc: BaseException) -> PoolStartupError:
         f"cannot use the database: {exc}. Check that the path is right and its folder "
         "is writable; no worker was started."
     )
+
+
+@contextlib.contextmanager
+def unwrap_lone_exception() -> Iterator[None]:
+    """Let a lone exception out of Trio's exception groups as itself.
+
+    Trio's strict exception groups wrap whatever crosses a nursery; a caller
+    of ``start_pools`` expects a plain ``KeyboardInterrupt`` on Ctrl-C and a
+    plain :class:`PoolStartupError`.  A group with several different errors
+    stays a group, unless one of them is a :class:`PoolStartupError` (the
+    cause; the others are its consequences).
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        fatal = [leaf for leaf in leaves if isinstance(leaf, PoolStartupError)]
+        if fatal:
+            raise fatal[0] from group
+        raise
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

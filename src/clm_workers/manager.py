@@ -13,14 +13,20 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
 from .backend import ThreadedBackend
 from .config import WorkerConfig, build_settings, resolve_docker_network, resolve_number
-from .errors import ConfigError, FatalExecutorError, PoolStartupError, database_unusable
+from .errors import (
+    ConfigError,
+    FatalExecutorError,
+    PoolStartupError,
+    database_unusable,
+    unwrap_lone_exception,
+)
 from .executors.base import Executor
 from .executors.direct import DirectExecutor
 from .lease import DEFAULT_TTL_SECONDS
@@ -162,7 +168,7 @@ class WorkerPoolManager:
     ) -> StartupReport:
         if self._backend is None:
             raise RuntimeError("the pool is not running: call start_pools() first")
-        with _unwrap_lone_exception():
+        with unwrap_lone_exception():
             return await start_workers(
                 specs, self._backend, self.settings, self._live, on_progress, announce=announce
             )
@@ -337,27 +343,3 @@ class _MonitorThread:
             log.exception("the pool monitor stopped")
         finally:
             self._ready.set()
-
-
-@contextlib.contextmanager
-def _unwrap_lone_exception() -> Iterator[None]:
-    """Let ``KeyboardInterrupt`` and ``Cancelled`` out as themselves, not as a group.
-
-    Trio's strict exception groups wrap whatever crosses a nursery; a caller
-    of ``start_pools`` expects a plain ``KeyboardInterrupt`` on Ctrl-C.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc

@@ -24,7 +24,8 @@ import trio
 from trio_util import AsyncValue
 
 from .config import WorkerConfig
-from .manager import WorkerPoolManager, _unwrap_lone_exception
+from .errors import unwrap_lone_exception
+from .manager import WorkerPoolManager
 from .monitor import MonitorSettings, PoolMonitor
 from .plan import WorkerSpec
 from .report import ProgressEvent, StartupReport
@@ -139,7 +140,7 @@ async def open_worker_pool(
     """
     manager = WorkerPoolManager(db_path, workspace_path, worker_configs, **manager_options)
     pool = WorkerPool(manager, monitor or MonitorSettings())
-    with _unwrap_lone_exception():
+    with unwrap_lone_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(pool._run)
             try:

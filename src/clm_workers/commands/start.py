@@ -17,8 +17,6 @@ import logging
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import trio
 
 from .. import display, inventory
-from ..errors import PoolStartupError
+from ..errors import PoolStartupError, unwrap_lone_exception
 from ..pool import PoolNotReadyError, open_worker_pool
 from ..report import StartupReport
 from ..settings_file import StartSettings
@@ -120,7 +118,7 @@ async def _main(settings: StartSettings, json_output: bool) -> int:
             run_scope = trio.CancelScope()
             nursery.start_soon(_watch_signals, signals, run_scope, stop, settings)
             try:
-                with run_scope, _lone_exception():
+                with run_scope, unwrap_lone_exception():
                     code = await _run_pool(settings, clock, live, json_output)
             except PoolStartupError as exc:
                 display.note(f"clm-workers: the pool could not start: {exc}", "bold red")
@@ -238,27 +236,4 @@ def _report_json(report: StartupReport, session_id: str, settings: StartSettings
         "started": [asdict(w) for w in report.started],
         "failed": [asdict(f) for f in report.failed],
     }
-
-
-@contextmanager
-def _lone_exception() -> Iterator[None]:
-    """Let a lone exception (or the pool's startup error) out of Trio's exception groups."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        fatal = [leaf for leaf in leaves if isinstance(leaf, PoolStartupError)]
-        if fatal:
-            raise fatal[0] from group
-        raise
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
