@@ -11,7 +11,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 5.0, what: str = "", *, interval: float = 0.01
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -19,7 +21,7 @@ def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.0
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
 
 
@@ -29,7 +31,7 @@ def alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def session_processes(session_id: str) -> list[int]:

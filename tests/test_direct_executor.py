@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +28,7 @@ from clm_workers.errors import FatalExecutorError
 from clm_workers.executors.base import WorkerHandle
 from clm_workers.executors.direct import DirectExecutor
 from clm_workers.plan import WorkerSpec, new_executor_id
+from procs import alive, wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent
 SLEEPER = "workers_for_tests.sleeper"
@@ -36,28 +36,6 @@ CRASHER = "workers_for_tests.crasher"
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie counts as gone: it runs nothing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    # The state follows the parenthesised command name, which may contain spaces.
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def make_spec(
@@ -264,11 +242,11 @@ def test_kill_is_safe_on_a_worker_that_already_exited(executor: TrackingExecutor
 def test_kill_takes_the_worker_s_own_children(executor: TrackingExecutor, dirs: Dirs) -> None:
     handle = executor.start(make_spec(SLEEPER, env={"SLEEPER_GRANDCHILD": "1"}))
     grandchild = dirs.report(handle)["grandchild_pid"]
-    assert not process_gone(grandchild)
+    assert alive(grandchild)
     assert os.getpgid(grandchild) == handle.pid
 
     executor.kill(handle)
-    wait_until(lambda: process_gone(grandchild), 2, "the worker's child to die with it")
+    wait_until(lambda: not alive(grandchild), 2, "the worker's child to die with it")
 
 
 # -- spawning errors and close -------------------------------------------------
@@ -383,12 +361,12 @@ def test_workers_exit_when_the_manager_is_killed(dirs: Dirs) -> None:
         for i in range(3):  # every worker booted and watches its lifeline
             path = dirs.reports / f"direct-notebook-{i}-manager.json"
             wait_until(path.exists, 5, f"worker {i} to boot")
-        assert not any(process_gone(pid) for pid in pids)
+        assert not any(not alive(pid) for pid in pids)
 
         manager.send_signal(signal.SIGKILL)
         manager.wait()
         wait_until(
-            lambda: all(process_gone(pid) for pid in pids),
+            lambda: all(not alive(pid) for pid in pids),
             2,
             "every worker to exit after its manager was SIGKILLed",
         )
@@ -398,6 +376,6 @@ def test_workers_exit_when_the_manager_is_killed(dirs: Dirs) -> None:
         manager.wait()
         manager.stdout.close()  # type: ignore[union-attr]
         for pid in pids:  # only if the test failed: do not leak its workers
-            if not process_gone(pid):
+            if alive(pid):
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,23 +23,12 @@ import pytest
 from clm_workers import schema
 from clm_workers.sim import CRASH_MESSAGE
 from clm_workers.worker import Job, WorkerContext
+from procs import wait_until
 
 T = TypeVar("T")
 
 #: A killed manager must leave no worker alive after this long.
 LIFELINE_BOUND = 2.0
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 # ------------------------------------------------------------------ database helpers

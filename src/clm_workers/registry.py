@@ -238,16 +238,6 @@ class Registry:
                 cleaned[session] = len(ids)
         return cleaned
 
-    def live_rows(self) -> list[tuple[int, str, str]]:
-        """``(id, container_id, status)`` of this session's rows that claim a live worker."""
-        with self._lock:
-            rows = self._db().execute(
-                "SELECT id, container_id, status FROM workers"
-                " WHERE session_id = ? AND status IN ('created', 'idle', 'busy')",
-                (self.session_id,),
-            ).fetchall()
-        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
-
     def expired_sessions(self) -> list[str]:
         """Sessions whose manager stopped renewing its lease: their manager is gone."""
         with self._lock:
