@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..plan import WorkerSpec
+from ..proctree import ProcessTree
 
 
 @dataclass(eq=False)  # identity semantics: a handle is one started process
@@ -28,6 +29,8 @@ class WorkerHandle:
     pid: int | None = None
     #: The worker's row once it registered (set by the startup engine).
     db_worker_id: int | None = None
+    #: The worker's processes on this host, where the executor can see them.
+    tree: ProcessTree | None = None
 
 
 class Executor(Protocol):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
+from ..proctree import ProcessTree
 from .base import WorkerHandle, protocol_environment
 
 __all__ = ["DirectExecutor", "LIFELINE_ENV"]
@@ -43,6 +44,8 @@ LIFELINE_ENV = "CLM_LIFELINE_FD"
 
 #: How long :meth:`DirectExecutor.kill` waits for a SIGKILLed worker to be reaped.
 _KILL_REAP_TIMEOUT = 5.0
+#: ... and for its SIGKILLed descendants (reaped by whoever adopted them) to be gone.
+_DESCENDANT_EXIT_TIMEOUT = 1.0
 
 # Errors that every start would hit the same way: the interpreter, the
 # workspace or the log folder is missing or not accessible.
@@ -125,26 +128,43 @@ class DirectExecutor:
         return codes
 
     def request_stop(self, handle: WorkerHandle) -> None:
-        """Send SIGTERM to the worker's process group; returns at once; idempotent."""
+        """SIGTERM to the worker's process group and to every descendant outside it.
+
+        Returns at once; idempotent.  The descendants (a Jupyter kernel in its
+        own session, say) are looked up now, while the worker still links them.
+        """
         popen = _popen(handle)
         if popen.returncode is not None:
             return  # reaped: its pid may already belong to someone else
         _signal_group(popen.pid, signal.SIGTERM)
+        if handle.tree is not None:
+            handle.tree.signal(signal.SIGTERM, include_root=False)
 
     def kill(self, handle: WorkerHandle) -> None:
-        """SIGKILL the worker's whole process group and reap the worker.
+        """SIGKILL the worker's process group and every descendant it was seen with; reap it.
 
         Idempotent and safe after the worker exited.  The group is signalled
         even then, to take any children the worker left behind (Linux does
-        not reuse a pid while it still names a process group).
+        not reuse a pid while it still names a process group), and so are the
+        descendants its tree remembers (psutil never signals a reused pid).
+        Returns once every one of them is gone, or after a bound.
         """
         popen = _popen(handle)
+        tree = handle.tree
+        if tree is not None and popen.returncode is None:
+            tree.refresh()
         _signal_group(popen.pid, signal.SIGKILL)
+        if tree is not None:
+            tree.signal(signal.SIGKILL)
         try:
             popen.wait(timeout=_KILL_REAP_TIMEOUT)
-            return
         except subprocess.TimeoutExpired:
-            pass
+            self._kill_stubborn(handle, popen)
+        if tree is not None:
+            for survivor in tree.wait_gone(_DESCENDANT_EXIT_TIMEOUT):
+                log.error("process %s of worker %s survived SIGKILL", survivor.pid, handle.spec.label)
+
+    def _kill_stubborn(self, handle: WorkerHandle, popen: subprocess.Popen[bytes]) -> None:
         # The worker left its group (setpgid/setsid) or is stuck in the kernel.
         log.warning(
             "worker %s (pid %s) survived SIGKILL of its group; killing the pid",
@@ -246,7 +266,10 @@ class DirectExecutor:
             raise
         finally:
             log_file.close()  # the worker has its own copy
-        return WorkerHandle(spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid)
+        return WorkerHandle(
+            spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid,
+            tree=ProcessTree(popen.pid),
+        )
 
 
 def _popen(handle: WorkerHandle) -> subprocess.Popen[bytes]:
