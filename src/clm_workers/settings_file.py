@@ -106,6 +106,12 @@ SETTINGS: tuple[Setting, ...] = (
             "no heartbeat for this long makes a worker `hung`", minimum=1.0, maximum=86400.0),
     Setting("monitor.hung_timeout", "seconds", 30.0, "1-86400 s, at least heartbeat_timeout",
             "a worker silent for this long is killed and replaced", minimum=1.0, maximum=86400.0),
+    Setting("monitor.progress_timeout", "seconds", 300.0, "1-86400 s, at least heartbeat_timeout",
+            "a busy worker without CPU time or any heartbeat for this long is killed and replaced",
+            minimum=1.0, maximum=86400.0),
+    Setting("monitor.max_job_time", "seconds", 600.0, "1-86400 s",
+            "a job running for longer is given up: its worker is killed and replaced, the job "
+            "requeued (or failed after its attempts)", minimum=1.0, maximum=86400.0),
     Setting("monitor.restart.enabled", "bool", True, "true or false",
             "replace workers that die after registering"),
     Setting("monitor.restart.backoff_initial", "seconds", 0.5, "0-3600 s",
@@ -276,6 +282,10 @@ def load_settings(
     if hung < heartbeat:
         raise ConfigError(where("monitor.hung_timeout"), hung,
                           f"at least monitor.heartbeat_timeout ({heartbeat:g} s)")
+    progress = float(values["monitor.progress_timeout"])  # type: ignore[arg-type]
+    if progress < heartbeat:
+        raise ConfigError(where("monitor.progress_timeout"), progress,
+                          f"at least monitor.heartbeat_timeout ({heartbeat:g} s)")
     backoff_initial = float(values["monitor.restart.backoff_initial"])  # type: ignore[arg-type]
     backoff_max = float(values["monitor.restart.backoff_max"])  # type: ignore[arg-type]
     if backoff_max < backoff_initial:
@@ -300,6 +310,8 @@ def load_settings(
         interval=monitor_interval,
         heartbeat_timeout=heartbeat,
         hung_timeout=hung,
+        progress_timeout=progress,
+        max_job_time=float(values["monitor.max_job_time"]),  # type: ignore[arg-type]
         restart=RestartPolicy(
             enabled=bool(values["monitor.restart.enabled"]),
             backoff_initial=backoff_initial,
