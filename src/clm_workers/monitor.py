@@ -95,10 +95,21 @@ class Verdict:
 OK = Verdict("ok")
 
 
-def assess(row: RowHealth, watch: Watch | None, now: float, settings: MonitorSettings) -> Verdict:
-    """Judge one worker: ``watch`` is ``None`` for an idle one, updated this tick for a busy one."""
+def assess(
+    row: RowHealth, watch: Watch | None, now: float, settings: MonitorSettings,
+    busy_seen_at: float | None = None,
+) -> Verdict:
+    """Judge one worker: ``watch`` is ``None`` for an idle one, updated this tick for a busy one.
+
+    ``busy_seen_at``: when the monitor last saw an idle worker busy.  A worker
+    that writes no heartbeat during a job comes back with an old one, and
+    writes the next only a moment after it became idle: its silence counts
+    from the end of the job at the earliest.
+    """
     if watch is None:
         silent = row.heartbeat_age
+        if silent is not None and busy_seen_at is not None:
+            silent = min(silent, now - busy_seen_at)
         if silent is None or silent <= settings.heartbeat_timeout:
             return OK
         if silent > settings.hung_timeout:
@@ -147,6 +158,8 @@ class PoolMonitor:
         self.replacements = 0
         self._replacements: trio.Nursery | None = None
         self._watches: dict[WorkerHandle, Watch] = {}
+        #: When each worker was last seen busy.
+        self._busy_seen: dict[WorkerHandle, float] = {}
 
     @property
     def flapping(self) -> dict[str, str]:
@@ -183,7 +196,8 @@ class PoolMonitor:
             handle = by_row.get(row.row_id)
             if handle is None or (row.busy and handle not in activity):
                 continue  # retired this tick, or exited since: the next tick reports it
-            verdict = assess(row, self._watches.get(handle), now, self.settings)
+            verdict = assess(row, self._watches.get(handle), now, self.settings,
+                             self._busy_seen.get(handle))
             if verdict.action == "retire":
                 await self._retire(handle, verdict.why)
             elif verdict.action == "hung":
@@ -198,7 +212,9 @@ class PoolMonitor:
     def _watch(self, busy: list[WorkerHandle], activity: Mapping[WorkerHandle, Activity], now: float) -> None:
         """Keep a :class:`Watch` for each busy worker; forget the others (a new job starts afresh)."""
         watches: dict[WorkerHandle, Watch] = {}
+        self._busy_seen = {h: t for h, t in self._busy_seen.items() if h in self.owner}
         for handle in busy:
+            self._busy_seen[handle] = now
             seen = activity.get(handle)
             if seen is None:
                 continue
@@ -218,6 +234,7 @@ class PoolMonitor:
     async def _retire(self, handle: WorkerHandle, why: str) -> None:
         spec = handle.spec
         self._watches.pop(handle, None)
+        self._busy_seen.pop(handle, None)
         # No grace: the worker is dead, frozen or stuck; kill also reaps it.
         await stop_workers(self.backend, [handle], grace=0.0, owner=self.owner)
         requeued = await self.backend.mark_dead([spec], [handle], reason=f"worker {spec.label} {why}")
