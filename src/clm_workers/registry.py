@@ -215,18 +215,6 @@ class Registry:
         )
         return requeued
 
-    def stale_workers(self, older_than: float) -> list[tuple[int, str, float]]:
-        """``(id, status, seconds)`` of this session's idle/busy rows without a heartbeat
-        for more than ``older_than`` seconds.  Compared in SQLite, in UTC."""
-        with self._lock:
-            rows = self._db().execute(
-                "SELECT id, status, (julianday('now') - julianday(last_heartbeat)) * 86400.0"
-                " FROM workers WHERE session_id = ? AND status IN ('idle', 'busy', 'hung')"
-                " AND (julianday('now') - julianday(last_heartbeat)) * 86400.0 > ?",
-                (self.session_id, older_than),
-            ).fetchall()
-        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
-
     def health(self, db_ids: Collection[int]) -> list[RowHealth]:
         """The :class:`RowHealth` of each given row that is ``idle``, ``busy`` or ``hung``, in one query.
 
@@ -289,13 +277,6 @@ class Registry:
                 (json.dumps(list(db_ids)),),
             ).fetchall()
         return [int(r[0]) for r in rows]
-
-    def set_status(self, db_ids: Collection[int], status: str) -> None:
-        with self._lock:
-            self._db().execute(
-                "UPDATE workers SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (status, json.dumps(list(db_ids))),
-            )
 
     def clean_dead_sessions(self) -> dict[str, int]:
         """Retire the rows that managers which died left claiming live workers.
