@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..clm.generations import JOBS_DB_VARIABLES
 from ..plan import WorkerSpec
 from ..proctree import ProcessTree
 
@@ -84,7 +85,7 @@ def protocol_environment(
     workspace_path: Path | str,
     log_level: str = "INFO",
 ) -> dict[str, str]:
-    """The variables of clm-protocol.md, in both CLM generations' spellings.
+    """The variables every CLM generation's worker reads, in each generation's spelling.
 
     ``db_path`` and ``workspace_path`` are as the worker sees them (inside a
     container: ``/db/<file>`` and ``/workspace``).  The config's own ``env``
@@ -93,8 +94,7 @@ def protocol_environment(
     env = {
         "WORKER_TYPE": spec.worker_type,
         "WORKER_ID": spec.executor_id,
-        "DB_PATH": str(db_path),
-        "CLM_JOBS_DB_PATH": str(db_path),
+        **{variable: str(db_path) for variable in JOBS_DB_VARIABLES},
         "WORKSPACE_PATH": str(workspace_path),
         "LOG_LEVEL": log_level,
         "USE_SQLITE_QUEUE": "true",
