@@ -177,6 +177,7 @@ async def test_two_pools_on_one_database_stay_independent(tmp_path):
 
 def test_new_manager_retires_what_a_killed_manager_left(tmp_path):
     db = tmp_path / "jobs.db"
+    prepare_database(db, InstalledClm(None))  # job sessions (schema 11): the new pool's worker leaves it
     script = tmp_path / "manager.py"
     script.write_text(textwrap.dedent("""
         import json, sys, trio
