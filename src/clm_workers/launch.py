@@ -1,28 +1,35 @@
 """Run a worker module with the manager's lifeline: ``python -m clm_workers.launch MODULE [ARG...]``.
 
 Every direct worker is started through this launcher, so that workers which
-know nothing of clm-workers (CLM's own) cannot outlive their manager either.
-It starts one daemon thread that blocks reading the lifeline pipe whose
-inherited read end is named by ``CLM_LIFELINE_FD``, then runs ``MODULE`` as
-``__main__`` in this very process (``runpy``, as ``python -m`` would): the
-worker keeps the pid, the process group, the signals and the exit code the
-manager started, and no extra process exists.
+know nothing of clm-workers (CLM's own) cannot outlive their manager either,
+nor can their children.  It starts one daemon thread that blocks reading
+the lifeline pipe whose inherited read end is named by ``CLM_LIFELINE_FD``,
+then runs ``MODULE`` as ``__main__`` in this very process (``runpy``, as
+``python -m`` would): the worker keeps the pid, the process group, the
+signals and the exit code the manager gave it, and no extra process exists.
 
-When the lifeline reaches EOF the manager is gone, however it died (SIGKILL
-included).  The thread then
+A module that watches a lifeline itself (clm-workers' own runtime) gets one
+too: ``CLM_LIFELINE_FD`` names, for it, an inner pipe whose write end only the
+launcher holds.
 
-1. kills every descendant at once (a Jupyter kernel or JVM in a session of
-   its own that nothing else would reach; the manager is dead, so there is
-   nothing left to be gentle for),
-2. sends SIGTERM to the worker's process group, so the worker stops the way
-   it stops for its manager (a CLM worker deletes its row; clm-workers' own
-   runtime reads the same EOF and stops as an orphan, exit code 70),
-3. SIGKILLs the group, itself included, if the worker is still there after
-   :data:`ORPHAN_GRACE_SECONDS`.
+When the manager's lifeline reaches EOF the manager is gone, however it died
+(SIGKILL included).  The launcher then
 
-Standard library only until the lifeline closes (boot time is paid by every
-worker); psutil, a dependency of clm-workers and of CLM, is imported then to
-find the descendants.  Without ``CLM_LIFELINE_FD`` the module simply runs.
+1. kills every descendant of the worker at once: a Jupyter kernel or a JVM
+   in a session of its own that nothing else would reach (the manager is
+   dead, so there is nothing to be gentle for);
+2. closes the inner lifeline, so that a worker that watches one stops as an
+   orphan in its own way (clm-workers' runtime: exit code 70);
+3. after :data:`ORPHAN_GRACE_SECONDS`, sends SIGTERM to the worker's process
+   group, so a worker that knows no lifeline stops the way it stops for its
+   manager (a CLM worker deletes its row and exits);
+4. after as long again, SIGKILLs the group, itself included.
+
+Steps 1-4 take at most about twice the grace; most workers are gone after
+step 2 or 3.  Standard library only until the lifeline closes (every worker
+pays for its boot); psutil, a dependency of clm-workers and of CLM, is
+imported then to find the descendants.  Without ``CLM_LIFELINE_FD`` the
+module simply runs.
 """
 
 from __future__ import annotations
@@ -36,8 +43,8 @@ import time
 
 #: The variable naming the inherited read end of the manager's lifeline pipe.
 LIFELINE_ENV = "CLM_LIFELINE_FD"
-#: How long a worker may take to stop by itself once its manager is gone.
-ORPHAN_GRACE_SECONDS = 1.0
+#: How long each step gives a worker to stop by itself once its manager is gone.
+ORPHAN_GRACE_SECONDS = 0.5
 
 USAGE = "usage: python -m clm_workers.launch MODULE [ARG...]"
 
@@ -55,32 +62,45 @@ def main(argv: list[str]) -> None:
         except (ValueError, OSError):
             print(f"clm_workers.launch: {LIFELINE_ENV}={fd!r} is not an open file descriptor", file=sys.stderr)
             raise SystemExit(2) from None
-        threading.Thread(target=_watch, args=(lifeline,), name="clm-launch-lifeline", daemon=True).start()
+        inner_read, inner_write = os.pipe()
+        os.environ[LIFELINE_ENV] = str(inner_read)
+        threading.Thread(
+            target=_watch, args=(lifeline, inner_write), name="clm-launch-lifeline", daemon=True
+        ).start()
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
-def _watch(fd: int) -> None:
+def _watch(lifeline: int, inner_write: int) -> None:
     try:
-        while os.read(fd, 1):
+        while os.read(lifeline, 1):
             pass
     except OSError:
         pass
-    _stop_orphaned_tree()
-
-
-def _stop_orphaned_tree() -> None:
-    me = os.getpid()
+    me, group = os.getpid(), os.getpgrp()
     _kill_descendants(me)
-    group = os.getpgrp()
+    os.close(inner_write)
+    time.sleep(ORPHAN_GRACE_SECONDS)  # a worker that watches its inner lifeline is gone by now
+    _kill_descendants(me)
     _signal_group(group, signal.SIGTERM)
-    time.sleep(ORPHAN_GRACE_SECONDS)  # the worker's own stop usually ends the process first
+    time.sleep(ORPHAN_GRACE_SECONDS)
     _kill_descendants(me)
     _signal_group(group, signal.SIGKILL)
     os._exit(70)  # only reached when the group signal could not be sent
 
 
+def _has_children() -> bool:
+    """Whether this process has a child (``WNOWAIT``: nothing is reaped, the worker's own waits stay intact)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 def _kill_descendants(pid: int) -> None:
+    if not _has_children():  # most workers: no psutil to import, no process table to read
+        return
     try:
         import psutil
     except ImportError:  # without psutil the process group is what can be reached

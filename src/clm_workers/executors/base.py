@@ -69,6 +69,14 @@ class Executor(Protocol):
         """
         ...
 
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """Seconds the worker was ready to run but waited for a CPU since it started (0.0: unknown).
+
+        The registration deadline does not count them: a boot that is slow
+        because the cores are busy is not a failed boot.
+        """
+        ...
+
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's stderr (or log), for failure reasons."""
         ...

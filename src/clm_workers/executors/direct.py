@@ -141,6 +141,8 @@ class DirectExecutor:
         popen = _popen(handle)
         if popen.returncode is not None:
             return  # reaped: its pid may already belong to someone else
+        if handle.tree is not None:
+            handle.tree.refresh()  # before the signal: a dead worker links no descendant
         _signal_group(popen.pid, signal.SIGTERM)
         if handle.tree is not None:
             handle.tree.signal(signal.SIGTERM, include_root=False)
@@ -183,6 +185,12 @@ class DirectExecutor:
             log.error(
                 "worker %s (pid %s) could not be reaped after SIGKILL", handle.spec.label, popen.pid
             )
+
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """The worker's run-queue wait (:meth:`ProcessTree.run_queue_wait`)."""
+        if handle.tree is None or _popen(handle).returncode is not None:
+            return 0.0  # reaped: the pid may be someone else's
+        return handle.tree.run_queue_wait()
 
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's log (stdout + stderr); "" if none."""
