@@ -104,3 +104,24 @@ def test_events_survive_a_worker_that_deleted_its_own_row(tmp_path: Path):
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         assert conn.execute("SELECT worker_id FROM worker_events WHERE event_type = 'worker_stopped'").fetchall() \
             == [(row,)]
+
+
+def test_a_job_of_a_worker_that_deleted_its_row_is_given_back(tmp_path: Path):
+    """CLM's workers delete their row on SIGTERM; the job they held must not stay `processing`."""
+    from clm_workers.registry import Registry
+
+    db = tmp_path / "jobs.db"
+    registry = Registry(db, session_id="s")
+    registry.open()
+    try:
+        job = registry.submit_job("notebook", "in.py", "out.ipynb")
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO workers (worker_type, container_id, status) VALUES ('notebook', 'c', 'busy')")
+            row = conn.execute("SELECT id FROM workers").fetchone()[0]
+            conn.execute("UPDATE jobs SET status = 'processing', worker_id = ?, attempts = 1 WHERE id = ?",
+                         (row, job))
+            conn.execute("DELETE FROM workers WHERE id = ?", (row,))
+        assert registry.mark_dead([row], ["c"]) == 1
+        assert registry.job_statuses([job]) == {job: ("pending", None)}
+    finally:
+        registry.close()

@@ -171,7 +171,10 @@ class Registry:
                         params,
                     )
                 ]
-                requeued = self._release_jobs(db, ids, reason)
+                # A CLM worker deletes its own row when it stops: its job may
+                # still name it, and CLM's own requeue (a join on a dead row)
+                # would never find that job.
+                requeued = self._release_jobs(db, sorted({*ids, *db_ids}), reason)
                 db.execute(
                     "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
                     (json.dumps(ids),),
