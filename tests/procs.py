@@ -25,17 +25,32 @@ def wait_until(
         time.sleep(interval)
 
 
+#: ``PF_EXITING`` in the flags field of /proc/PID/stat: the kernel has begun to end the process.
+PF_EXITING = 0x4
+
+
 def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
+    """True while ``pid`` can still run its own code.
+
+    Gone: no such process, a zombie or dead task (state ``Z`` or ``X``), or a process
+    whose exit has begun (``PF_EXITING``).  The last one matters: between the start of
+    its exit and becoming a zombie a process still shows as running (``R``), but it will
+    never run its own code again, and it has already released its memory, so its
+    environment reads as empty and :func:`session_processes` could not tell its session.
+    Both helpers use this one definition, so they never disagree about a process.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    fields = stat.rsplit(")", 1)[1].split()
+    state, flags = fields[0], int(fields[6])
+    return state not in ("Z", "X") and not flags & PF_EXITING
 
 
 def session_processes(session_id: str) -> list[int]:
-    """Pids of live processes whose environment carries ``CLM_SESSION_ID=session_id``."""
+    """Pids of processes :func:`alive` whose environment carries ``CLM_SESSION_ID=session_id``."""
     marker = f"CLM_SESSION_ID={session_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
