@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -63,3 +67,32 @@ def session_processes(session_id: str) -> list[int]:
         if marker in environ.split(b"\0") and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+class JsonLines:
+    """JSON lines from a child's stdout, read by a thread so that every read has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            if line.startswith("{"):
+                self._queue.put(json.loads(line))
+        self._queue.put(None)
+
+    def next(
+        self, timeout: float, *, until: Callable[[dict[str, Any]], bool] = lambda message: True
+    ) -> dict[str, Any]:
+        """The next message for which ``until`` is true; fail after ``timeout`` s or at end of output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no matching message from the child within {timeout} s") from None
+            if message is None:
+                raise AssertionError("the child process ended its output")
+            if until(message):
+                return message
