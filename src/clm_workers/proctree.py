@@ -47,7 +47,7 @@ class ProcessTree:
                     self._add(child)
 
     def members(self) -> list[psutil.Process]:
-        """Every remembered process that still runs (zombies count as gone)."""
+        """Every remembered process that still runs (zombies count as gone), the current ones included."""
         self.refresh()
         with self._lock:
             candidates = list(self._members.values())
@@ -75,6 +75,18 @@ class ProcessTree:
         except _GONE:
             return False
 
+    def run_queue_wait(self) -> float:
+        """Seconds the tree's busiest waiter was ready to run but waited for a CPU.
+
+        Linux's scheduler statistics (``/proc/PID/schedstat`` of each member's
+        main thread, which psutil does not expose): on a machine with more
+        booting workers than cores, this is the part of a boot's wall time
+        that is the machine's, not the worker's.  The largest member's wait,
+        not their sum: the members wait side by side (a container's worker
+        and its init).  0.0 where the kernel does not say.
+        """
+        return max((_run_queue_wait(p.pid) for p in self.members()), default=0.0)
+
     def signal(self, sig: signal.Signals, *, include_root: bool = True) -> int:
         """Send ``sig`` to every member that still runs; returns how many were signalled."""
         sent = 0
@@ -94,6 +106,14 @@ class ProcessTree:
     def _add(self, process: psutil.Process) -> None:
         with contextlib.suppress(*_GONE):
             self._members.setdefault((process.pid, process.create_time()), process)
+
+
+def _run_queue_wait(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _running(process: psutil.Process) -> bool:

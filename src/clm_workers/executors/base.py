@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..clm.generations import JOBS_DB_VARIABLES
 from ..plan import WorkerSpec
 from ..proctree import ProcessTree
 
@@ -87,6 +88,14 @@ class Executor(Protocol):
         """
         ...
 
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """Seconds the worker was ready to run but waited for a CPU since it started (0.0: unknown).
+
+        The registration deadline does not count them: a boot that is slow
+        because the cores are busy is not a failed boot.
+        """
+        ...
+
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's stderr (or log), for failure reasons."""
         ...
@@ -103,7 +112,7 @@ def protocol_environment(
     workspace_path: Path | str,
     log_level: str = "INFO",
 ) -> dict[str, str]:
-    """The variables of clm-protocol.md, in both CLM generations' spellings.
+    """The variables every CLM generation's worker reads, in each generation's spelling.
 
     ``db_path`` and ``workspace_path`` are as the worker sees them (inside a
     container: ``/db/<file>`` and ``/workspace``).  The config's own ``env``
@@ -112,8 +121,7 @@ def protocol_environment(
     env = {
         "WORKER_TYPE": spec.worker_type,
         "WORKER_ID": spec.executor_id,
-        "DB_PATH": str(db_path),
-        "CLM_JOBS_DB_PATH": str(db_path),
+        **{variable: str(db_path) for variable in JOBS_DB_VARIABLES},
         "WORKSPACE_PATH": str(workspace_path),
         "LOG_LEVEL": log_level,
         "USE_SQLITE_QUEUE": "true",

@@ -11,10 +11,15 @@ Two choices shape this module (see DESIGN.md):
   signal the whole group, so a worker's own children go with it.
 * Orphan protection is a *lifeline*: one pipe per executor whose write end only
   this process holds and never writes to.  Every worker inherits the read end
-  (its number is in ``CLM_LIFELINE_FD``) and exits on EOF, which the kernel
-  delivers when the manager dies for any reason, SIGKILL included.  Linux's
+  (its number is in ``CLM_LIFELINE_FD``) and sees EOF when the manager dies
+  for any reason, SIGKILL included.  Each worker runs through
+  :mod:`clm_workers.launch`, which watches the lifeline in the worker's own
+  process and, on EOF, stops the worker's whole tree: so unmodified CLM
+  workers and their kernels cannot outlive the manager either.  Linux's
   parent-death signal is not used: it fires when the *thread* that spawned the
   worker exits, and Trio's worker threads come and go.
+* Stop and kill also reach descendants outside the group (a Jupyter kernel
+  runs in a session of its own): see :mod:`clm_workers.proctree`.
 """
 
 from __future__ import annotations
@@ -152,6 +157,8 @@ class DirectExecutor:
         popen = _popen(handle)
         if popen.returncode is not None:
             return  # reaped: its pid may already belong to someone else
+        if handle.tree is not None:
+            handle.tree.refresh()  # before the signal: a dead worker links no descendant
         _signal_group(popen.pid, signal.SIGTERM)
         if handle.tree is not None:
             handle.tree.signal(signal.SIGTERM, include_root=False)
@@ -195,6 +202,12 @@ class DirectExecutor:
                 "worker %s (pid %s) could not be reaped after SIGKILL", handle.spec.label, popen.pid
             )
 
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """The worker's run-queue wait (:meth:`ProcessTree.run_queue_wait`)."""
+        if handle.tree is None or _popen(handle).returncode is not None:
+            return 0.0  # reaped: the pid may be someone else's
+        return handle.tree.run_queue_wait()
+
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's log (stdout + stderr); "" if none."""
         return _tail(self.log_path(handle.spec), lines)
@@ -226,7 +239,8 @@ class DirectExecutor:
         return self.log_dir / f"{spec.executor_id}.log"
 
     def command(self, spec: WorkerSpec) -> list[str]:
-        return [self.python, "-m", spec.module]
+        """``python -m clm_workers.launch <module>``: the module, run by the lifeline's keeper."""
+        return [self.python, "-m", "clm_workers.launch", spec.module]
 
     # -- internals -----------------------------------------------------------
 

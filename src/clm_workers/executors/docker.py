@@ -45,10 +45,12 @@ from typing import Any
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import docker.types  # type: ignore[import-untyped]
+import psutil
 import requests.exceptions
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
+from ..proctree import ProcessTree
 from .base import Activity, WorkerHandle, protocol_environment
 
 __all__ = [
@@ -299,11 +301,12 @@ class DockerExecutor:
         return codes
 
     def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
-        """CPU time of each running container (its cgroup: every process in it), and whether it is paused.
+        """CPU time of each running container (every process in it), and whether it is paused.
 
         One ``containers/json`` call per session (shared with :meth:`exit_codes`)
-        for the states, plus one one-shot ``stats`` call per running container.
-        Containers that ended or are gone are left out.
+        for the states.  The CPU time comes from the container's processes
+        where the engine runs on this host, else from one one-shot ``stats``
+        call per container.  Containers that ended or are gone are left out.
         """
         found: dict[WorkerHandle, Activity] = {}
         by_session: dict[str, list[WorkerHandle]] = {}
@@ -315,7 +318,9 @@ class DockerExecutor:
                 state = states.get(handle.executor_id)
                 if state not in ("running", "paused"):
                     continue
-                found[handle] = Activity(self._cpu_seconds(handle.executor_id), stopped=state == "paused")
+                tree = self._host_tree(handle)
+                cpu = tree.cpu_seconds() if tree is not None else self._cpu_seconds(handle.executor_id)
+                found[handle] = Activity(cpu, stopped=state == "paused")
         return found
 
     def request_stop(self, handle: WorkerHandle) -> None:
@@ -353,6 +358,28 @@ class DockerExecutor:
                 raise
         with self._lock:
             self._containers.pop(container_id, None)
+
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """The container's run-queue wait, where the engine runs on this host (else 0.0)."""
+        tree = self._host_tree(handle)
+        return tree.run_queue_wait() if tree is not None else 0.0
+
+    def _host_tree(self, handle: WorkerHandle) -> ProcessTree | None:
+        """The container's processes as this host sees them, found once and kept on the handle.
+
+        The engine reports the host pid of the container's init; it is taken
+        only when that process's cgroup names the container (an engine on
+        another machine reports pids of its own).
+        """
+        if handle.tree is None:
+            try:
+                pid = self._client().api.inspect_container(handle.executor_id)["State"]["Pid"]
+                with open(f"/proc/{pid}/cgroup") as f:
+                    if pid and handle.executor_id in f.read():
+                        handle.tree = ProcessTree(pid)
+            except (docker.errors.DockerException, OSError, KeyError, psutil.Error):
+                return None
+        return handle.tree
 
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the container's log (stdout + stderr); "" if none."""
@@ -527,7 +554,7 @@ class DockerExecutor:
             return listing
 
     def _cpu_seconds(self, container_id: str) -> float | None:
-        """The container's CPU time so far, or ``None`` when the engine does not tell."""
+        """The container's CPU time so far, as the engine counts it; ``None`` when it does not tell."""
         try:
             # one_shot: the current counters at once, not two samples a second apart.
             stats = self._client().api.stats(container_id, stream=False, one_shot=True)
