@@ -149,6 +149,28 @@ async def test_sigstopped_busy_worker_is_found_and_replaced_and_its_job_requeued
     assert session_processes(pool.manager.session_id) == []
 
 
+async def test_stopped_worker_continued_in_time_gets_its_status_back(tmp_path):
+    db = tmp_path / "jobs.db"
+    settings = MonitorSettings(**{**BASE, "hung_timeout": 10.0}, progress_timeout=60.0, max_job_time=60.0)
+    status = "SELECT status FROM workers WHERE id = ?"
+    async with open_worker_pool(db, tmp_path, [quiet_sim()], monitor=settings) as pool:
+        await pool.wait_started()
+        job = submit(pool, "paused", seconds=8.0)
+        worker = await processing(db, job)
+        pid = pid_of(pool, worker)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await wait_for(lambda: query(db, status, worker) == [("hung",)], settings.heartbeat_timeout + 3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Running again in the middle of its job: the monitor gives the row back its status.
+        await wait_for(lambda: query(db, status, worker) == [("busy",)], 2)
+        assert job_row(db, job)[0] == "processing"
+        await wait_for(lambda: job_row(db, job)[0] == "completed", 15)
+        assert job_row(db, job)[1:3] == (worker, 1)
+        assert pool.monitor.deaths == 0 and alive(pid)
+
+
 async def test_job_past_max_job_time_retires_its_worker_then_fails_after_its_attempts(tmp_path):
     db = tmp_path / "jobs.db"
     settings = MonitorSettings(**BASE, progress_timeout=60.0, max_job_time=2.0)
