@@ -34,6 +34,7 @@ module simply runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import signal
@@ -60,7 +61,8 @@ def main(argv: list[str]) -> None:
             lifeline = int(fd)
             os.set_inheritable(lifeline, False)  # the worker's own children need not hold it
         except (ValueError, OSError):
-            print(f"clm_workers.launch: {LIFELINE_ENV}={fd!r} is not an open file descriptor", file=sys.stderr)
+            print(f"clm_workers.launch: {LIFELINE_ENV}={fd!r} is not an open file descriptor",
+                  file=sys.stderr)
             raise SystemExit(2) from None
         inner_read, inner_write = os.pipe()
         os.environ[LIFELINE_ENV] = str(inner_read)
@@ -90,7 +92,7 @@ def _watch(lifeline: int, inner_write: int) -> None:
 
 
 def _has_children() -> bool:
-    """Whether this process has a child (``WNOWAIT``: nothing is reaped, the worker's own waits stay intact)."""
+    """Whether this process has a child (``WNOWAIT``: nothing is reaped; the worker's waits stay intact)."""
     try:
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
@@ -110,17 +112,13 @@ def _kill_descendants(pid: int) -> None:
     except psutil.Error:
         return
     for child in children:
-        try:
+        with contextlib.suppress(psutil.Error):
             child.kill()
-        except psutil.Error:
-            pass
 
 
 def _signal_group(group: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(group, sig)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ class WorkerPoolManager:
         )
         self.docker_network = resolve_docker_network(docker_network)
         if not any(config.count for config in worker_configs):
-            raise ConfigError("worker_configs", list(worker_configs), "at least one WorkerConfig with a count above 0")
+            raise ConfigError(
+                "worker_configs", list(worker_configs), "at least one WorkerConfig with a count above 0"
+            )
         self.worker_configs = resolve_configs(worker_configs, clm_profile)
         unrunnable = unrunnable_pool(self.worker_configs, self.workspace_path)
         if unrunnable is not None:
@@ -127,7 +129,9 @@ class WorkerPoolManager:
                 unrunnable_reason(self.workspace_path, defaulted=worker_configs[unrunnable].module is None),
             )
         check_database(self.db_path)
-        self.cache_db_path = Path(cache_db_path) if cache_db_path is not None else self.db_path.parent / "clm_cache.db"
+        self.cache_db_path = (
+            Path(cache_db_path) if cache_db_path is not None else self.db_path.parent / "clm_cache.db"
+        )
         self.log_level = log_level
         self.session_id = uuid.uuid4().hex
         self.report: StartupReport | None = None
