@@ -4,14 +4,15 @@ Blocking code: the async side calls it through ``trio.to_thread``.  One
 connection is shared by the threads that call in, serialised by a lock, so
 that every call sees the others' writes and the file has one writer of ours.
 Everything this class changes is scoped to its own ``session_id`` or to row
-ids it created: it never touches another manager's workers.
+ids it created: it never touches another manager's workers.  Its rows are
+owned or shared (see :mod:`clm_workers.clm.ownership`); either way they are
+the session's own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 from . import schema
 from .clm.database import prepare_database
 from .clm.installed import installed_clm
+from .clm.ownership import RowOwner, row_owner, running_session_sql
 from .lease import SessionLease
 from .plan import WorkerSpec
 
@@ -59,12 +61,15 @@ class Event:
 
 
 class Registry:
-    def __init__(self, db_path: Path, *, session_id: str, lease_ttl: float | None = None) -> None:
-        """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open."""
+    def __init__(
+        self, db_path: Path, *, session_id: str, lease_ttl: float | None = None, serve_builds: bool = False
+    ) -> None:
+        """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open.
+        ``serve_builds``: write shared rows, which every CLM build on the database may use."""
         self.db_path = Path(db_path)
         self.session_id = session_id
         self._lease = None if lease_ttl is None else SessionLease(self.db_path, session_id, ttl=lease_ttl)
-        self.managed_by = f"clm-workers@{socket.gethostname()}:{os.getpid()}"
+        self.owner: RowOwner = row_owner(session_id, serve_builds=serve_builds)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         #: Queries issued by :meth:`registered_rows` (benchmarks read it).
@@ -134,7 +139,7 @@ class Registry:
                         (
                             spec.worker_type, spec.executor_id, spec.execution_mode,
                             json.dumps({"module": spec.module, "image": spec.image}),
-                            self.session_id, self.managed_by, os.getpid(),
+                            self.owner.session_id, self.owner.managed_by, os.getpid(),
                         ),
                     )
                     assert cursor.lastrowid is not None
@@ -299,7 +304,7 @@ class Registry:
             with self._lock:
                 ids = [
                     int(r[0]) for r in self._db().execute(
-                        "SELECT id FROM workers WHERE session_id = ?"
+                        f"SELECT id FROM workers WHERE {running_session_sql()} = ?"
                         " AND status IN ('created', 'idle', 'busy', 'hung')",
                         (session,),
                     )
