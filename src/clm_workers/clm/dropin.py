@@ -188,9 +188,9 @@ class ClmPoolManager:
             self._thread = None
             raise
         _running.add(self)
-        registered = self._thread.registered_counts()
-        log.info("Workers ready for the build after %.1fs: %s registered%s", time.monotonic() - clock,
-                 _counts(registered), "" if registered == self.needed else "; the others keep starting")
+        still = "; the others keep starting" if self._thread.pending else ""
+        log.info("Workers ready for the build after %.1fs: %s registered%s",
+                 time.monotonic() - clock, _counts(self._thread.registered), still)
 
     def start_monitoring(self, check_interval: int = 10) -> None:
         """Nothing to start: the pool is monitored from the end of its startup (every second)."""
@@ -298,8 +298,15 @@ class _PoolThread:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def registered_counts(self) -> dict[str, int]:
+    @property
+    def registered(self) -> dict[str, int]:
+        """Workers registered so far, by type."""
         return dict(self._registered)
+
+    @property
+    def pending(self) -> int:
+        """Workers neither registered nor failed yet."""
+        return sum(n - self._registered[t] - self._failed[t] for t, n in self.needed.items())
 
     def start(self) -> None:
         self._thread.start()
