@@ -64,6 +64,10 @@ START_METHOD: str | None = None
 #: compete for on a small machine, 50 ms a fifth of it.
 POLL_INTERVAL = 0.05
 
+#: How often the build's pool is checked.  Each check reads the process table (a few ms of CPU
+#: on a busy machine); CLM 1.35's own monitor checks every 10 s, CLM 1.9.2's build never.
+MONITOR_INTERVAL = 2.0
+
 #: CLM's own class, while :func:`install` has put ours in its place.
 _clm_class: Any = None
 
@@ -159,7 +163,7 @@ class ClmPoolManager:
             )
         self.session_id = self._manager.session_id if self._manager else session_id
         self.needed = {c.worker_type: c.count for c in configs}
-        self.monitor_settings = MonitorSettings(max_job_time=float(max(
+        self.monitor_settings = MonitorSettings(interval=MONITOR_INTERVAL, max_job_time=float(max(
             (getattr(c, "max_job_time", 600) for c in self._clm_configs.values()), default=600
         )))
         self._thread: _PoolThread | None = None
@@ -200,7 +204,7 @@ class ClmPoolManager:
                  time.monotonic() - clock, _counts(self._thread.registered), still)
 
     def start_monitoring(self, check_interval: int = 10) -> None:
-        """Nothing to start: the pool is monitored from the end of its startup (every second)."""
+        """Nothing to start: the pool is monitored from the end of its startup (``MONITOR_INTERVAL``)."""
         log.debug("the clm-workers pool is monitored since its startup; check_interval=%s is not used",
                   check_interval)
 
