@@ -47,9 +47,17 @@ class FatalExecutorError(RuntimeError):
     """
 
 
+class DatabaseUnusableError(PoolStartupError):
+    """A :class:`PoolStartupError` whose cause is the database (it cannot be created, opened or written).
+
+    The workers are not at fault: the monitor tries a replacement again later
+    instead of counting it as another death.
+    """
+
+
 def database_unusable(exc: BaseException) -> PoolStartupError:
     """The fatal error for a database that cannot be created, opened or written."""
-    return PoolStartupError(
+    return DatabaseUnusableError(
         f"cannot use the database: {exc}. Check that the path is right and its folder "
         "is writable; no worker was started."
     )

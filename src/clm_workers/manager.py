@@ -24,6 +24,7 @@ from .clm.profile import resolve_configs, worker_environment
 from .config import WorkerConfig, build_settings, resolve_docker_network, resolve_number
 from .errors import (
     ConfigError,
+    DatabaseUnusableError,
     FatalExecutorError,
     PoolStartupError,
     database_unusable,
@@ -184,10 +185,14 @@ class WorkerPoolManager:
         """Start a replacement for the worker of ``spec`` (same type and index).
 
         Returns whether it registered; a failed replacement is stopped and
-        reported like any failed start.  Used by the monitor.
+        reported like any failed start.  Raises :class:`DatabaseUnusableError`
+        when the database refuses the new row (no worker was started; the
+        monitor tries again later).  Used by the monitor.
         """
         try:
             report = await self._start([spec.respawned()], on_progress, announce=False)
+        except DatabaseUnusableError:
+            raise
         except PoolStartupError as exc:
             log.error("replacing %s failed: %s", spec.label, exc)
             return False

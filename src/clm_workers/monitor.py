@@ -17,6 +17,13 @@ registered worker looks (one query: its heartbeat, the job it holds, its
 A worker that fails is killed, its row becomes ``dead`` and its in-flight jobs
 go back to ``pending`` (or ``failed`` after ``max_attempts``) in one
 transaction; the restart policy then decides when, or whether, it is replaced.
+
+A tick that fails (the database is full, locked beyond its busy timeout,
+unreadable) is logged with SQLite's own words and the next tick tries again:
+the monitor outlives a broken database.  A retired worker whose row the
+database refused stays on a list that every tick tries to release first, and
+a replacement the database refused is tried again after the policy's
+``backoff_max`` without counting as another death.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import trio
 from trio_util import periodic
 
 from .backend import ThreadedBackend
+from .errors import DatabaseUnusableError
 from .executors.base import Activity, WorkerHandle
 from .ledger import LiveWorkers
 from .plan import WorkerSpec
@@ -160,6 +168,11 @@ class PoolMonitor:
         self._watches: dict[WorkerHandle, Watch] = {}
         #: When each worker was last seen busy.
         self._busy_seen: dict[WorkerHandle, float] = {}
+        #: Retired workers whose row and jobs the database has not accepted as released yet.
+        self._unreleased: dict[WorkerHandle, str] = {}
+        #: Ticks that failed in a row, and the last one's error (``None`` while ticks work).
+        self.failed_ticks = 0
+        self.last_error: str | None = None
 
     @property
     def flapping(self) -> dict[str, str]:
@@ -175,7 +188,38 @@ class PoolMonitor:
         """
         async with trio.open_nursery() as self._replacements:
             async for _ in periodic(self.settings.interval):
-                await self.check()
+                await self.tick()
+
+    async def tick(self) -> bool:
+        """One :meth:`check`, surviving its failure; whether it worked.
+
+        A failed tick is logged (the first of a run of failures with the
+        error as SQLite or the engine gave it, later ones only when the error
+        changes) and kept in :attr:`last_error`; the next tick tries again.
+        """
+        try:
+            await self._release_retired()
+            await self.check()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.last_error:
+                log.warning("the pool monitor's check failed: %s; trying again every %g s",
+                            error, self.settings.interval)
+            self.failed_ticks += 1
+            self.last_error = error
+            return False
+        if self.failed_ticks:
+            log.warning("the pool monitor works again after %d failed checks", self.failed_ticks)
+        self.failed_ticks = 0
+        self.last_error = None
+        return True
+
+    async def _release_retired(self) -> None:
+        """Mark dead the retired workers whose release the database refused before (raises if it still does)."""
+        for handle, reason in list(self._unreleased.items()):
+            requeued = await self.backend.mark_dead([handle.spec], [handle], reason=reason)
+            del self._unreleased[handle]
+            log.warning("%s: its row is dead now and %d job(s) requeued", handle.spec.label, requeued)
 
     async def check(self) -> None:
         """One tick: retire the exited, long-hung, frozen, stalled and overdue; flag the hung."""
@@ -237,12 +281,19 @@ class PoolMonitor:
         self._busy_seen.pop(handle, None)
         # No grace: the worker is dead, frozen or stuck; kill also reaps it.
         await stop_workers(self.backend, [handle], grace=0.0, owner=self.owner)
-        requeued = await self.backend.mark_dead([spec], [handle], reason=f"worker {spec.label} {why}")
         self.deaths += 1
         self.on_death(spec)
-        log.warning("%s %s; %d job(s) requeued", spec.label, why, requeued)
-        await self._event(spec, handle.db_worker_id, f"{spec.label} {why}", status="dead",
-                          requeued_jobs=requeued)
+        reason = f"worker {spec.label} {why}"
+        try:
+            requeued = await self.backend.mark_dead([spec], [handle], reason=reason)
+        except Exception as exc:  # the database refuses: every tick tries again first
+            self._unreleased[handle] = reason
+            log.warning("%s %s; its row and jobs cannot be released yet: %s: %s",
+                        spec.label, why, type(exc).__name__, exc)
+        else:
+            log.warning("%s %s; %d job(s) requeued", spec.label, why, requeued)
+            await self._event(spec, handle.db_worker_id, f"{spec.label} {why}", status="dead",
+                              requeued_jobs=requeued)
         self._schedule_replacement(spec)
 
     def _schedule_replacement(self, spec: WorkerSpec) -> None:
@@ -257,7 +308,21 @@ class PoolMonitor:
 
     async def _replace_after(self, spec: WorkerSpec, delay: float) -> None:
         await trio.sleep(delay)
-        if await self.replace(spec):
+        refused = 0
+        while True:
+            try:
+                registered = await self.replace(spec)
+            except DatabaseUnusableError as exc:
+                # Not the worker's fault: no death counted, tried again later.
+                retry = self.settings.restart.backoff_max
+                (log.debug if refused else log.warning)(
+                    "cannot start a replacement for %s yet (%s); trying again every %g s",
+                    spec.label, exc, retry)
+                refused += 1
+                await trio.sleep(retry)
+                continue
+            break
+        if registered:
             self.replacements += 1
         else:
             # A replacement that does not come up counts as another death.

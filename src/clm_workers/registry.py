@@ -9,12 +9,14 @@ ids it created: it never touches another manager's workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from .clm.database import prepare_database
 from .clm.installed import installed_clm
 from .lease import SessionLease
 from .plan import WorkerSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,35 +123,28 @@ class Registry:
         database fails here, before anything is spawned.
         """
         result: list[WorkerSpec] = []
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for spec in specs:
-                    if spec.registration != "pre":
-                        result.append(spec)
-                        continue
-                    cursor = db.execute(
-                        "INSERT INTO workers (worker_type, container_id, status, execution_mode,"
-                        " config, session_id, managed_by, parent_pid)"
-                        " VALUES (?, ?, 'created', ?, ?, ?, ?, ?)",
-                        (
-                            spec.worker_type, spec.executor_id, spec.execution_mode,
-                            json.dumps({"module": spec.module, "image": spec.image}),
-                            self.session_id, self.managed_by, os.getpid(),
-                        ),
-                    )
-                    assert cursor.lastrowid is not None
-                    result.append(spec.with_db_id(cursor.lastrowid))
-                self._insert_events(db, [*events, *(
-                    Event("worker_starting", s.worker_type, s.db_worker_id, s.execution_mode,
-                          f"{s.label} starting as {s.executor_id}")
-                    for s in result
-                )])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._lock, _transaction(self._db()) as db:
+            for spec in specs:
+                if spec.registration != "pre":
+                    result.append(spec)
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO workers (worker_type, container_id, status, execution_mode,"
+                    " config, session_id, managed_by, parent_pid)"
+                    " VALUES (?, ?, 'created', ?, ?, ?, ?, ?)",
+                    (
+                        spec.worker_type, spec.executor_id, spec.execution_mode,
+                        json.dumps({"module": spec.module, "image": spec.image}),
+                        self.session_id, self.managed_by, os.getpid(),
+                    ),
+                )
+                assert cursor.lastrowid is not None
+                result.append(spec.with_db_id(cursor.lastrowid))
+            self._insert_events(db, [*events, *(
+                Event("worker_starting", s.worker_type, s.db_worker_id, s.execution_mode,
+                      f"{s.label} starting as {s.executor_id}")
+                for s in result
+            )])
         return result
 
     def registered_rows(
@@ -180,29 +177,22 @@ class Registry:
         if not db_ids and not container_ids:
             return 0
         params = (json.dumps(list(db_ids)), json.dumps(list(container_ids)))
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [
-                    r[0] for r in db.execute(
-                        "SELECT id FROM workers WHERE id IN (SELECT value FROM json_each(?))"
-                        " OR container_id IN (SELECT value FROM json_each(?))",
-                        params,
-                    )
-                ]
-                # A CLM worker deletes its own row when it stops: its job may
-                # still name it, and CLM's own requeue (a join on a dead row)
-                # would never find that job.
-                requeued = self._release_jobs(db, sorted({*ids, *db_ids}), reason)
-                db.execute(
-                    "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(ids),),
+        with self._lock, _transaction(self._db()) as db:
+            ids = [
+                r[0] for r in db.execute(
+                    "SELECT id FROM workers WHERE id IN (SELECT value FROM json_each(?))"
+                    " OR container_id IN (SELECT value FROM json_each(?))",
+                    params,
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            ]
+            # A CLM worker deletes its own row when it stops: its job may
+            # still name it, and CLM's own requeue (a join on a dead row)
+            # would never find that job.
+            requeued = self._release_jobs(db, sorted({*ids, *db_ids}), reason)
+            db.execute(
+                "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            )
         return requeued
 
     @staticmethod
@@ -320,15 +310,8 @@ class Registry:
     # -- events ------------------------------------------------------------
 
     def record_events(self, events: Iterable[Event]) -> None:
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._insert_events(db, events)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._lock, _transaction(self._db()) as db:
+            self._insert_events(db, events)
 
     def _insert_events(self, db: sqlite3.Connection, events: Iterable[Event]) -> None:
         db.executemany(
@@ -377,6 +360,28 @@ class Registry:
                 (json.dumps(list(job_ids)),),
             ).fetchall()
         return {int(r[0]): (str(r[1]), r[2]) for r in rows}
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error, roll back what is left and raise that error.
+
+    SQLite itself rolls the transaction back on some errors (``database or
+    disk is full``, I/O errors): a ``ROLLBACK`` then would fail with "no
+    transaction is active" and hide the real cause, so it is issued only
+    while a transaction is open, and its own failure never replaces the original.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # the original error is the one that matters
+                log.debug("rollback after an error failed too: %s", exc)
+        raise
 
 
 def _float(value: Any) -> float | None:

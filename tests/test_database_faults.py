@@ -1,0 +1,110 @@
+"""A full disk, a database locked for longer than the lease, a database file deleted or replaced.
+
+Real workers (``clm_workers.sim``), real SQLite files, a real small file
+system (a tmpfs, mounted where this user may mount one) for the full disk.
+Each test names the failure it guards against: a fault of the database
+must neither kill a healthy pool worker by worker nor hide its cause, and a
+pool whose database is gone stops, saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from clm_workers import MonitorSettings, RestartPolicy, WorkerConfig, WorkerPoolManager, open_worker_pool
+from procs import alive, session_processes, wait_until
+
+RESTART = RestartPolicy(backoff_initial=0.1, backoff_max=0.5, flap_limit=10, flap_window=60)
+FAST = MonitorSettings(interval=0.1, heartbeat_timeout=2.0, hung_timeout=3.5, restart=RESTART)
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def sim(count: int, **env: str) -> WorkerConfig:
+    return WorkerConfig("notebook", count, module="clm_workers.sim",
+                        env={"CLM_HEARTBEAT_INTERVAL": "0.2", **env})
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, megabytes: int = 8) -> Iterator[Path]:
+    """A tmpfs of ``megabytes`` at ``folder``: a real file system that can fill up."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a ballast file until the file system is full (ENOSPC)."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for size in (65536, 1):  # big blocks, then the last bytes one by one
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as full:
+        (disk / "probe").write_bytes(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    return ballast
+
+
+def test_a_full_disk_keeps_its_error_and_the_monitor_releases_everything_once_there_is_room(
+    tmp_path, caplog
+):
+    """Disk full while 3 jobs run: the monitor survives, says why, and releases rows and jobs later."""
+    caplog.set_level(logging.WARNING)
+    with small_disk(tmp_path / "disk") as disk:
+        db = disk / "jobs.db"
+        manager = WorkerPoolManager(db, tmp_path, [sim(3)], log_dir=tmp_path / "logs")
+        trio.run(manager.start_pools)
+        monitor = manager.start_monitoring(FAST)
+        try:
+            jobs = []
+            for i in range(3):
+                (tmp_path / f"in{i}").write_text("x")
+                jobs.append(manager.registry.submit_job("notebook", f"in{i}", f"out{i}", {"seconds": 1.5}))
+            wait_until(lambda: len(query(db, "SELECT id FROM jobs WHERE status = 'processing'")) == 3, 15,
+                       "three jobs processing")
+            ballast = fill(disk)
+            # The workers cannot record their jobs and give up; the monitor retires them and
+            # cannot write either.  It must keep running and say what SQLite said.
+            wait_until(lambda: monitor.deaths >= 1 and monitor._unreleased, 30,
+                       "a worker retired whose row the database refuses")
+            wait_until(lambda: any("database or disk is full" in r.getMessage() for r in caplog.records),
+                       10, "the original error in the log")
+            assert not any("cannot rollback" in r.getMessage() for r in caplog.records)
+            assert manager._monitor_thread is not None and manager._monitor_thread._thread.is_alive()
+            ballast.unlink()
+            # With room again, every dead worker's row and every job it held are released.
+            wait_until(lambda: query(db, "SELECT count(*) FROM jobs WHERE status = 'processing'"
+                                         " AND worker_id IN (SELECT id FROM workers WHERE status = 'dead')"
+                                     ) == [(0,)], 20, "no job held by a dead worker")
+            wait_until(lambda: all(s == "completed" for (s,) in query(db, "SELECT status FROM jobs")), 30,
+                       "every job done by the replacements")
+        finally:
+            trio.run(manager.stop_pools)
+        assert not session_processes(manager.session_id)
