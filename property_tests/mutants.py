@@ -46,13 +46,9 @@ class Mutant:
 MUTANTS = [
     Mutant(
         "no-shield", "remove the shielded cleanup (cleanup runs in the cancelled scope)",
-        "src/clm_workers/startup.py",
-        "        with trio.CancelScope(shield=True) as scope:\n"
-        "            scope.deadline = trio.current_time() + self.settings.stop_bound\n"
-        "            handles = [h for h in self._mine.snapshot() if h in self.owner]",
-        "        with trio.CancelScope() as scope:\n"
-        "            scope.deadline = trio.current_time() + self.settings.stop_bound\n"
-        "            handles = [h for h in self._mine.snapshot() if h in self.owner]",
+        "src/clm_workers/stopping.py",
+        "        with trio.CancelScope(shield=True):\n            results.append(await async_fn())",
+        "        with trio.CancelScope():\n            results.append(await async_fn())",
     ),
     Mutant(
         "no-cleanup-on-error", "remove the cleanup of the `except BaseException` path",

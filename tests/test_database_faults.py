@@ -15,16 +15,23 @@ import logging
 import os
 import sqlite3
 import subprocess
-import threading
+import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from clm_workers import MonitorSettings, RestartPolicy, WorkerConfig, WorkerPoolManager, open_worker_pool
+from clm_workers import (
+    MonitorSettings,
+    RestartPolicy,
+    WorkerConfig,
+    WorkerPoolManager,
+    open_worker_pool,
+    schema,
+)
+from clm_workers.errors import PoolStoppedError
 from procs import alive, session_processes, wait_until
 
 RESTART = RestartPolicy(backoff_initial=0.1, backoff_max=0.5, flap_limit=10, flap_window=60)
@@ -108,3 +115,99 @@ def test_a_full_disk_keeps_its_error_and_the_monitor_releases_everything_once_th
         finally:
             trio.run(manager.stop_pools)
         assert not session_processes(manager.session_id)
+
+
+# -- a database locked for longer than the lease -------------------------------------------
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))   # the fault itself: the write lock held this long
+conn.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holds the database's write lock for ``seconds`` (from when this returns)."""
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_database_locked_for_longer_than_the_lease_does_not_kill_a_healthy_pool(tmp_path):
+    """Lock held for twice the lease and longer than the idle timeouts: every worker survives."""
+    db = tmp_path / "jobs.db"
+    manager = WorkerPoolManager(db, tmp_path, [sim(8)], lease_ttl=3.0, log_dir=tmp_path / "logs")
+    report = trio.run(manager.start_pools)
+    monitor = manager.start_monitoring(FAST)
+    try:
+        assert len(report.started) == 8, report.failed
+        pids = sorted(w.pid for w in report.started)
+        locker = hold_write_lock(db, 6.0)
+        try:
+            assert locker.wait(timeout=30) == 0
+        finally:
+            locker.kill()
+        # The lease (3 s), the heartbeat timeout (2 s) and the hung timeout (3.5 s) all passed
+        # while nobody could write.  Give every check a few rounds after the lock.
+        wait_until(lambda: query(db, "SELECT count(*) FROM workers WHERE status = 'idle'"
+                                     " AND (julianday('now') - julianday(last_heartbeat)) * 86400 < 1.5"
+                                 ) == [(8,)], 10, "eight fresh heartbeats")
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:  # watching for a late death: it must not come
+            assert all(alive(pid) for pid in pids), "a healthy worker died after the lock"
+            assert monitor.deaths == 0, query(db, "SELECT message FROM worker_events"
+                                                  " WHERE event_type = 'worker_failed'")
+            time.sleep(0.2)
+        (tmp_path / "in").write_text("x")
+        job = manager.registry.submit_job("notebook", "in", "out")
+        wait_until(lambda: query(db, "SELECT status FROM jobs WHERE id = ?", job) == [("completed",)], 10,
+                   "a job after the lock")
+    finally:
+        trio.run(manager.stop_pools)
+    assert not session_processes(manager.session_id)
+
+
+# -- a database file deleted or replaced under a running pool -------------------------------
+
+
+def another_clm_database(path: Path) -> Path:
+    with contextlib.closing(schema.connect(path)) as conn:
+        schema.ensure_schema(conn)
+    return path
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced", "symlink swapped", "rows deleted"])
+async def test_a_pool_whose_database_file_is_gone_stops_and_says_why(tmp_path, fault):
+    real = tmp_path / "real.db"
+    db = real
+    if fault == "symlink swapped":
+        db = tmp_path / "jobs.db"
+        db.symlink_to(real)
+    other = another_clm_database(tmp_path / "other.db")
+    with pytest.raises(PoolStoppedError) as stopped:
+        with trio.fail_after(30):
+            async with open_worker_pool(db, tmp_path, [sim(2)], monitor=FAST, lease_ttl=1.5,
+                                        log_dir=tmp_path / "logs") as pool:
+                await pool.wait_ready()
+                session = pool.manager.session_id
+                if fault == "deleted":
+                    real.unlink()
+                elif fault == "replaced":
+                    os.replace(other, real)
+                elif fault == "symlink swapped":
+                    db.unlink()
+                    db.symlink_to(other)
+                else:  # someone emptied the tables behind the pool's back
+                    with contextlib.closing(sqlite3.connect(real, isolation_level=None)) as conn:
+                        conn.execute("DELETE FROM clm_worker_sessions")
+                await trio.sleep_forever()
+    message = str(stopped.value)
+    expected = {"deleted": "was deleted", "replaced": "was replaced by another file",
+                "symlink swapped": "now leads to another file", "rows deleted": "session row is gone"}[fault]
+    assert expected in message and str(db) in message, message
+    assert not session_processes(session)

@@ -38,6 +38,15 @@ class PoolStartupError(RuntimeError):
         self.report = report
 
 
+class PoolStoppedError(RuntimeError):
+    """A running pool stopped by itself, for a reason that no replacement can cure.
+
+    Its database file was deleted, replaced by another file, or its path now
+    leads to another file: the workers and the manager no longer share one
+    database.  By the time this is raised every worker has been stopped.
+    """
+
+
 class FatalExecutorError(RuntimeError):
     """Raised by an executor when every start would fail the same way.
 
@@ -69,14 +78,19 @@ def unwrap_lone_exception() -> Iterator[None]:
 
     Trio's strict exception groups wrap whatever crosses a nursery; a caller
     of ``start_pools`` expects a plain ``KeyboardInterrupt`` on Ctrl-C and a
-    plain :class:`PoolStartupError`.  A group with several different errors
-    stays a group, unless one of them is a :class:`PoolStartupError` (the
-    cause; the others are its consequences).
+    plain :class:`PoolStartupError`.  A group with a ``KeyboardInterrupt`` in
+    it is one ``KeyboardInterrupt``, however many Ctrl-C there were and
+    whatever else failed meanwhile (the user asked to stop).  Otherwise a
+    group with several different errors stays a group, unless one of them is
+    a :class:`PoolStartupError` (the cause; the others are its consequences).
     """
     try:
         yield
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
+        interrupts = [leaf for leaf in leaves if isinstance(leaf, KeyboardInterrupt)]
+        if interrupts:
+            raise interrupts[0] from (None if len(interrupts) == len(leaves) else group)
         if len(leaves) == 1:
             raise leaves[0] from None
         fatal = [leaf for leaf in leaves if isinstance(leaf, PoolStartupError)]

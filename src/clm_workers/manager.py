@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -27,6 +27,7 @@ from .errors import (
     DatabaseUnusableError,
     FatalExecutorError,
     PoolStartupError,
+    PoolStoppedError,
     database_unusable,
     unwrap_lone_exception,
 )
@@ -40,7 +41,7 @@ from .plan import WorkerSpec, plan_workers
 from .registry import Event, Registry
 from .report import StartupReport
 from .startup import ProgressCallback, start_workers
-from .stopping import stop_workers
+from .stopping import run_to_completion, stop_workers
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class WorkerPoolManager:
         self._backend: ThreadedBackend | None = None
         self._own_log_dir: Path | None = None
         self._monitor_thread: _MonitorThread | None = None
+        #: Why the background monitor stopped the pool by itself (its database file is gone), if it did.
+        self.stopped_reason: str | None = None
 
     @property
     def registry(self) -> Registry:
@@ -219,7 +222,7 @@ class WorkerPoolManager:
         if self._monitor_thread is not None:
             raise RuntimeError("the pool is already monitored")
         monitor = self.make_monitor(settings)
-        self._monitor_thread = _MonitorThread(monitor)
+        self._monitor_thread = _MonitorThread(monitor, self._stopped_by_monitor)
         self._monitor_thread.start()
         return monitor
 
@@ -245,31 +248,44 @@ class WorkerPoolManager:
         SIGTERM to all, ``stop_timeout`` of grace, then SIGKILL, under one
         overall bound.  Idempotent.
 
-        Cancellation: shielded; it always finishes (within its bound).
+        Cancellation and ``KeyboardInterrupt``: neither cuts the stop short
+        (it runs to its end, within its bound, however many Ctrl-C arrive);
+        a ``KeyboardInterrupt`` that arrived meanwhile is raised afterwards,
+        once.
         """
         backend = self._backend
         if backend is None:
             return
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self.settings.stop_bound
+        try:
+            with unwrap_lone_exception():
+                await run_to_completion(lambda: self._stop_everything(backend))
+        finally:
+            self._close()
+
+    async def _stop_everything(self, backend: ThreadedBackend) -> None:
+        with trio.move_on_after(self.settings.stop_bound):
             if self._monitor_thread is not None:
                 await trio.to_thread.run_sync(self._monitor_thread.stop)
                 self._monitor_thread = None
-            handles = self._live.snapshot()
-            clock = trio.current_time()
-            await _record_quietly(backend, [Event("pool_stopping", "-", metadata={"workers": len(handles)})])
-            failures = await stop_workers(
-                backend, handles, grace=self.settings.stop_grace, owner=self._live
-            )
+            await self._stop_workers(backend)
+
+    async def _stop_workers(self, backend: ThreadedBackend) -> None:
+        """Stop every worker this manager owns, mark their rows dead, record it (the caller bounds it)."""
+        handles = self._live.snapshot()
+        clock = trio.current_time()
+        await _record_quietly(backend, [Event("pool_stopping", "-", metadata={"workers": len(handles)})])
+        failures = await stop_workers(backend, handles, grace=self.settings.stop_grace, owner=self._live)
+        try:
             await backend.mark_dead([h.spec for h in handles], handles)
-            duration = round(trio.current_time() - clock, 3)
-            await _record_quietly(backend, [
-                *(Event("worker_stopped", h.spec.worker_type, h.db_worker_id, h.spec.execution_mode,
-                        metadata={"stop_seconds": duration}) for h in handles),
-                Event("pool_stopped", "-", metadata={
-                    "workers": len(handles), "failures": len(failures), "duration": duration}),
-            ])
-        self._close()
+        except Exception as exc:  # what the workers did not mark themselves, the next manager retires
+            log.warning("could not mark the stopped workers dead: %s", exc)
+        duration = round(trio.current_time() - clock, 3)
+        await _record_quietly(backend, [
+            *(Event("worker_stopped", h.spec.worker_type, h.db_worker_id, h.spec.execution_mode,
+                    metadata={"stop_seconds": duration}) for h in handles),
+            Event("pool_stopped", "-", metadata={
+                "workers": len(handles), "failures": len(failures), "duration": duration}),
+        ])
 
     # -- internals -------------------------------------------------------------
 
@@ -293,6 +309,9 @@ class WorkerPoolManager:
                 log.warning("could not remove the containers of dead sessions: %s", exc)
 
     def _open_backend(self) -> ThreadedBackend:
+        # Resolved once: the registry, the lease and every executor use the same
+        # file, whatever a symlink on the way leads to later (the lease watches it).
+        db_file = self.db_path.resolve()
         log_dir = self._log_dir
         if log_dir is None:
             log_dir = self._own_log_dir = Path(
@@ -300,7 +319,7 @@ class WorkerPoolManager:
             )
         executors: dict[str, Executor] = {
             "direct": DirectExecutor(
-                db_path=self.db_path.resolve(),
+                db_path=db_file,
                 workspace_path=self.workspace_path.resolve(),
                 log_dir=log_dir,
                 log_level=self.log_level,
@@ -311,16 +330,27 @@ class WorkerPoolManager:
             from .executors.docker import DockerExecutor  # the docker SDK only when used
 
             executors["docker"] = DockerExecutor(
-                db_path=self.db_path.resolve(),
+                db_path=db_file,
                 workspace_path=self.workspace_path.resolve(),
                 # Every spawn at once, plus the watcher's or monitor's poll.
                 pool_size=self.settings.concurrency + 2,
                 network=self.docker_network,
                 log_level=self.log_level,
             )
-        registry = Registry(self.db_path, session_id=self.session_id, lease_ttl=self.lease_ttl)
+        registry = Registry(db_file, session_id=self.session_id, lease_ttl=self.lease_ttl,
+                            watch_path=self.db_path)
         return ThreadedBackend(registry, executors, fan_out=self.settings.concurrency)
 
+    async def _stopped_by_monitor(self, error: PoolStoppedError) -> None:
+        """The background monitor found the database gone: stop every worker now (bounded)."""
+        self.stopped_reason = str(error)
+        backend = self._backend
+        if backend is not None:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.settings.stop_bound
+                await self._stop_workers(backend)
+
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C must not leave the executors or the lease half closed
     def _close(self) -> None:
         backend, self._backend = self._backend, None
         if backend is None:
@@ -346,10 +376,17 @@ async def _record_quietly(backend: ThreadedBackend, events: list[Event]) -> None
 
 
 class _MonitorThread:
-    """A :class:`PoolMonitor` in its own Trio loop in a daemon thread."""
+    """A :class:`PoolMonitor` in its own Trio loop in a daemon thread.
 
-    def __init__(self, monitor: PoolMonitor) -> None:
+    When the monitor stops the pool (:class:`PoolStoppedError`: the database
+    file is gone), ``on_stopped`` stops the workers in that loop.
+    """
+
+    def __init__(
+        self, monitor: PoolMonitor, on_stopped: Callable[[PoolStoppedError], Awaitable[None]]
+    ) -> None:
         self.monitor = monitor
+        self.on_stopped = on_stopped
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._scope: trio.CancelScope | None = None
@@ -371,7 +408,11 @@ class _MonitorThread:
             self._token = trio.lowlevel.current_trio_token()
             with trio.CancelScope() as self._scope:
                 self._ready.set()
-                await self.monitor.run()
+                try:
+                    await self.monitor.run()
+                except PoolStoppedError as exc:
+                    log.error("%s", exc)
+                    await self.on_stopped(exc)
 
         try:
             trio.run(run)

@@ -37,7 +37,7 @@ import trio
 from trio_util import periodic
 
 from .backend import ThreadedBackend
-from .errors import DatabaseUnusableError
+from .errors import DatabaseUnusableError, PoolStoppedError
 from .executors.base import Activity, WorkerHandle
 from .ledger import LiveWorkers
 from .plan import WorkerSpec
@@ -102,10 +102,13 @@ class Verdict:
 
 OK = Verdict("ok")
 
+#: What an exit code of the worker runtime and launcher means, for the death's reason.
+_EXIT_MEANINGS = {70: " (it found its manager gone: lifeline closed or session lease expired)"}
+
 
 def assess(
     row: RowHealth, watch: Watch | None, now: float, settings: MonitorSettings,
-    busy_seen_at: float | None = None,
+    busy_seen_at: float | None = None, locked_at: float | None = None,
 ) -> Verdict:
     """Judge one worker: ``watch`` is ``None`` for an idle one, updated this tick for a busy one.
 
@@ -113,11 +116,17 @@ def assess(
     that writes no heartbeat during a job comes back with an old one, and
     writes the next only a moment after it became idle: its silence counts
     from the end of the job at the earliest.
+
+    ``locked_at``: when the monitor last found the database's write lock held
+    by someone for longer than it waited.  No heartbeat can be written while
+    that lasts, so silence counts from then at the earliest, as for CPU waits
+    at startup: a busy database is not a hung pool.
     """
     if watch is None:
         silent = row.heartbeat_age
-        if silent is not None and busy_seen_at is not None:
-            silent = min(silent, now - busy_seen_at)
+        for since in (busy_seen_at, locked_at):
+            if silent is not None and since is not None:
+                silent = min(silent, now - since)
         if silent is None or silent <= settings.heartbeat_timeout:
             return OK
         if silent > settings.hung_timeout:
@@ -135,7 +144,8 @@ def assess(
             return Verdict("hung", f"stopped for {stopped:.0f} s while running {job}")
         return OK
     # The newest sign of life of any kind; the job's start counts as one.
-    signs = [row.heartbeat_age, row.progress_age, row.job_age, now - watch.cpu_changed_at]
+    signs = [row.heartbeat_age, row.progress_age, row.job_age, now - watch.cpu_changed_at,
+             None if locked_at is None else now - locked_at]
     quiet = min(s for s in signs if s is not None)
     if quiet > settings.progress_timeout:
         return Verdict("retire", f"stalled: no CPU time and no heartbeat for {quiet:.0f} s "
@@ -173,6 +183,8 @@ class PoolMonitor:
         #: Ticks that failed in a row, and the last one's error (``None`` while ticks work).
         self.failed_ticks = 0
         self.last_error: str | None = None
+        #: When a tick last found the database's write lock taken for longer than it waited.
+        self._locked_at: float | None = None
 
     @property
     def flapping(self) -> dict[str, str]:
@@ -196,10 +208,14 @@ class PoolMonitor:
         A failed tick is logged (the first of a run of failures with the
         error as SQLite or the engine gave it, later ones only when the error
         changes) and kept in :attr:`last_error`; the next tick tries again.
+        Raises :class:`PoolStoppedError` when the database file is gone: no
+        tick can cure that.
         """
         try:
             await self._release_retired()
             await self.check()
+        except PoolStoppedError:
+            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if error != self.last_error:
@@ -215,20 +231,30 @@ class PoolMonitor:
         return True
 
     async def _release_retired(self) -> None:
-        """Mark dead the retired workers whose release the database refused before (raises if it still does)."""
+        """Mark dead the retired workers whose release the database refused (raises if it still does)."""
         for handle, reason in list(self._unreleased.items()):
             requeued = await self.backend.mark_dead([handle.spec], [handle], reason=reason)
             del self._unreleased[handle]
             log.warning("%s: its row is dead now and %d job(s) requeued", handle.spec.label, requeued)
 
     async def check(self) -> None:
-        """One tick: retire the exited, long-hung, frozen, stalled and overdue; flag the hung."""
+        """One tick: retire the exited, long-hung, frozen, stalled and overdue; flag the hung.
+
+        Raises :class:`PoolStoppedError` when the pool's database file was
+        deleted or replaced, or its path leads to another file now.
+        """
+        registry = self.backend.registry
+        lost = await trio.to_thread.run_sync(registry.lost)
+        if lost is not None:
+            raise PoolStoppedError(f"{lost}; the pool stopped every worker, since a pool and its "
+                                   "workers must share one database file")
         exited = await self.backend.exit_codes(self.owner.snapshot())
         for gone, code in exited.items():
-            await self._retire(gone, f"exited with code {code}")
+            await self._retire(gone, f"exited with code {code}{_EXIT_MEANINGS.get(code, '')}")
 
+        if not await trio.to_thread.run_sync(registry.writable):
+            self._locked_at = trio.current_time()
         by_row = {h.db_worker_id: h for h in self.owner.snapshot() if h.db_worker_id is not None}
-        registry = self.backend.registry
         rows = await trio.to_thread.run_sync(registry.health, list(by_row))
         busy = [by_row[r.row_id] for r in rows if r.busy and r.row_id in by_row]
         activity = await self.backend.activity(busy) if busy else {}
@@ -241,7 +267,7 @@ class PoolMonitor:
             if handle is None or (row.busy and handle not in activity):
                 continue  # retired this tick, or exited since: the next tick reports it
             verdict = assess(row, self._watches.get(handle), now, self.settings,
-                             self._busy_seen.get(handle))
+                             self._busy_seen.get(handle), self._locked_at)
             if verdict.action == "retire":
                 await self._retire(handle, verdict.why)
             elif verdict.action == "hung":

@@ -63,11 +63,20 @@ class Event:
 
 
 class Registry:
-    def __init__(self, db_path: Path, *, session_id: str, lease_ttl: float | None = None) -> None:
-        """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open."""
+    def __init__(
+        self, db_path: Path, *, session_id: str, lease_ttl: float | None = None,
+        watch_path: Path | None = None,
+    ) -> None:
+        """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open.
+
+        ``db_path`` is opened as it is (the manager passes the resolved path);
+        ``watch_path``, the path as the user gave it (default ``db_path``), is
+        the one the lease watches for being deleted, replaced or swapped.
+        """
         self.db_path = Path(db_path)
         self.session_id = session_id
-        self._lease = None if lease_ttl is None else SessionLease(self.db_path, session_id, ttl=lease_ttl)
+        self._lease = None if lease_ttl is None else SessionLease(
+            watch_path or self.db_path, session_id, ttl=lease_ttl)
         self.managed_by = f"clm-workers@{socket.gethostname()}:{os.getpid()}"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -75,6 +84,7 @@ class Registry:
         self.poll_queries = 0
         #: The columns of this file's ``jobs`` table (CLM 1.9.2's has no ``session_id``).
         self._job_columns: set[str] = set()
+        self._probe: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -107,6 +117,35 @@ class Registry:
                     self._lease.stop()
                 self._conn.close()
                 self._conn = None
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+
+    def lost(self) -> str | None:
+        """Why this pool's database is gone (deleted, replaced, its path swapped, its session row
+        deleted), or ``None``: what the lease found, or a fresh look at the file (a ``stat``)."""
+        if self._lease is None:
+            return None
+        return self._lease.lost or self._lease.check_file()
+
+    def writable(self, wait: float = 0.5) -> bool:
+        """Whether the write lock can be had within ``wait`` seconds (taken and released at once).
+
+        ``False`` means another process holds it: nobody's heartbeat gets
+        through while that lasts, so silence then proves nothing.
+        """
+        with self._lock:
+            if self._probe is None:
+                self._probe = sqlite3.connect(str(self.db_path), timeout=wait, isolation_level=None,
+                                              check_same_thread=False)
+            try:
+                self._probe.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return False
+                raise
+            self._probe.execute("ROLLBACK")
+            return True
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -30,7 +30,7 @@ from .ledger import LiveWorkers
 from .plan import WorkerSpec
 from .registry import Event
 from .report import FailedWorker, FailurePhase, ProgressEvent, StartedWorker, StartupReport
-from .stopping import stop_workers
+from .stopping import run_to_completion, stop_workers
 from .watcher import Exited, Outcome, Registered, RegistrationWatcher
 
 log = logging.getLogger(__name__)
@@ -328,17 +328,23 @@ class _StartupRun:
     async def _clean_up(self) -> None:
         """Stop every worker this run started and release every row it created.
 
-        Shielded from outside cancellation, bounded by ``settings.stop_bound``.
+        Shielded from outside cancellation, bounded by ``settings.stop_bound``,
+        and not cut short by Ctrl-C either: a ``KeyboardInterrupt`` that
+        arrives meanwhile is raised once the cleanup is done.
         """
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self.settings.stop_bound
+        try:
+            await run_to_completion(self._stop_all_mine)
+        finally:
+            self.report.started.clear()
+
+    async def _stop_all_mine(self) -> None:
+        with trio.move_on_after(self.settings.stop_bound):  # shielded by run_to_completion
             handles = [h for h in self._mine.snapshot() if h in self.owner]
             await stop_workers(self.backend, handles, grace=self.settings.stop_grace, owner=self.owner)
             try:
                 await self.backend.mark_dead(self.specs, handles)
             except Exception as exc:  # the database may be the very thing that failed
                 log.warning("could not mark this start's rows dead: %s", exc)
-        self.report.started.clear()
 
 
 def _pool_event(event_type: str, specs: Sequence[WorkerSpec], **metadata: object) -> Event:

@@ -95,6 +95,11 @@ EXIT_PARENT_DIED = 70
 PARENT_DEATH_GRACE = 1.0
 #: Consecutive failed job polls after which the worker gives up (database gone).
 MAX_CONSECUTIVE_DB_ERRORS = 20
+#: How long a container must find its session's lease expired, while it can
+#: write the database itself, before it takes its manager for dead.
+LEASE_CONFIRM_SECONDS = 1.0
+#: Waiting longer than this for the write lock means someone else held it.
+LEASE_LOCK_TOLERANCE = 0.5
 
 
 class _FrozenRecord:
@@ -354,6 +359,35 @@ _LEASE_EXPIRED = (
     "SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions WHERE session_id = ?"
 )
 _SET_STATUS = "UPDATE workers SET status = ? WHERE id = ?"
+
+
+def _lease_expired(conn: sqlite3.Connection, session_id: str | None) -> tuple[bool | None, float]:
+    """Whether the session's lease has expired (``None``: no such session), and how long the
+    write lock took to get (0 when the lease is alive for a plain reader)."""
+    row = conn.execute(_LEASE_EXPIRED, (session_id,)).fetchone()
+    if row is None or not row[0]:
+        return (None if row is None else False), 0.0
+    began = time.monotonic()
+    conn.execute("BEGIN IMMEDIATE")  # waits (busy timeout) while someone holds the lock
+    try:
+        waited = time.monotonic() - began
+        row = conn.execute(_LEASE_EXPIRED, (session_id,)).fetchone()
+    finally:
+        _rollback(conn)
+    return (None if row is None else bool(row[0])), waited
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End an open transaction without letting a failed ROLLBACK hide the error being handled.
+
+    SQLite rolls back by itself on some errors (a full disk); a ROLLBACK then
+    has nothing to do.
+    """
+    if conn.in_transaction:
+        try:  # noqa: SIM105 - contextlib would cost every worker its import
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 _CANDIDATE = (
     "SELECT id, job_type, input_file, output_file, payload, attempts FROM jobs "
     "WHERE status = 'pending' AND job_type = ? AND attempts < max_attempts{session} "
@@ -521,21 +555,42 @@ class _Runtime:
         Checked from boot on, so a worker that never registers stops too.  A
         database without the lease table, or without this session's row, has
         no lease to watch (a CLM-started worker, or a test).
+
+        A lease that looks expired may only mean that nobody could write: a
+        process that holds the database's write lock for longer than the
+        lease blocks the manager's renewal as well.  So an expiry counts only
+        when this worker takes the write lock itself (at once, not after
+        waiting for someone's lock) and still finds the lease expired, again
+        and again for :data:`LEASE_CONFIRM_SECONDS`: the manager had the lock
+        free all that time and did not renew.
         """
         conn: sqlite3.Connection | None = None
+        expired_since: float | None = None
         try:
-            while not self.done.wait(self.cfg.heartbeat_interval):
+            while not self.done.wait(
+                self.cfg.heartbeat_interval if expired_since is None
+                else min(self.cfg.heartbeat_interval, LEASE_CONFIRM_SECONDS / 2)
+            ):
                 try:
                     conn = conn or schema.connect(self.cfg.db_path)
-                    row = conn.execute(_LEASE_EXPIRED, (self.cfg.session_id,)).fetchone()
+                    expired, waited = _lease_expired(conn, self.cfg.session_id)
                 except sqlite3.OperationalError as exc:
                     if "no such table" in str(exc):
                         return
+                    # Locked beyond the busy timeout, or a passing fault: the database, not the manager.
+                    expired_since = None
                     log.warning("cannot check the session lease: %s", exc)
                     continue
-                if row is None:
+                if expired is None:
                     return
-                if row[0]:
+                if not expired or waited > LEASE_LOCK_TOLERANCE:
+                    # Alive; or someone held the lock until just now, and the
+                    # manager's renewal may be waiting behind us.
+                    expired_since = None
+                    continue
+                now = time.monotonic()
+                expired_since = now if expired_since is None else expired_since
+                if now - expired_since >= LEASE_CONFIRM_SECONDS:
                     self.request_stop("lease_expired")
                     return
         finally:
@@ -561,7 +616,9 @@ class _Runtime:
                 threading.Thread(
                     target=self._lifeline, args=(fd,), name="clm-lifeline", daemon=True
                 ).start()
-            if self.cfg.session_id is not None:
+            if self.cfg.session_id is not None and self.cfg.lifeline_fd is None:
+                # Only without a lifeline (a container): the lifeline tells a direct
+                # worker of its manager's death at once, and a busy database cannot fake it.
                 threading.Thread(target=self._watch_lease, name="clm-lease", daemon=True).start()
             log.info(
                 "worker starting: type=%s pid=%d db=%s",
@@ -669,8 +726,7 @@ class _Runtime:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         except sqlite3.Error as exc:
             log.error("registration failed: %s", exc)
@@ -761,8 +817,7 @@ class _Runtime:
                 conn.execute(_START_JOB, (self.db_worker_id, row[0]))
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             self.current_job = row[0]
         return tuple(row)
@@ -828,8 +883,7 @@ class _Runtime:
                     self.current_job = None
                     return
                 except sqlite3.Error as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    _rollback(conn)
                     log.warning("cannot record job %d (try %d): %s", job_id, attempt + 1, exc)
         # A worker that cannot record results must not take more jobs; the
         # unrecorded job stays ``current_job`` and is released at exit.
