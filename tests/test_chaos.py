@@ -69,8 +69,11 @@ def manager_process(tmp_path: Path, body: str) -> subprocess.Popen:
     """A manager in its own process (so it can be interrupted or killed), talking JSON lines."""
     script = tmp_path / "chaos_manager.py"
     script.write_text(textwrap.dedent("""
-        import json, sys, trio
+        import json, signal, sys, trio
         from pathlib import Path
+        # Ctrl-C is KeyboardInterrupt here even if this test runs where SIGINT is ignored
+        # (a background job inherits SIG_IGN, and Trio then installs no handler).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from clm_workers import WorkerConfig, WorkerPoolManager
         tmp = Path(sys.argv[1])
         def say(**message):
@@ -334,3 +337,88 @@ async def test_a_replacement_that_fails_leaves_the_running_pool_alone(tmp_path, 
         with trio.CancelScope(shield=True):
             await manager.stop_pools()
         kill_sessions([manager.session_id])
+
+
+# -- Ctrl-C twice (or more) in CLM's library path -------------------------------------------
+
+
+def test_more_ctrl_c_during_the_cleanup_of_start_pools_do_not_abandon_it(tmp_path):
+    """Three SIGINTs: one while 8 workers boot, two more while the cleanup waits out their grace."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, f"""
+        env = {{"PYTHONPATH": {str(Path(__file__).resolve().parent)!r}, "TEST_REPORT_DIR": {str(reports)!r}}}
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp,
+                                    [WorkerConfig("notebook", 8, module="workers_for_tests.deaf", env=env)],
+                                    registration_timeout=60, stop_timeout=2)
+        say(event="session", session=manager.session_id)
+        try:
+            trio.run(manager.start_pools)
+        except BaseException as exc:
+            say(event="raised", type=type(exc).__name__, running=manager.running)
+        sys.stdin.readline()
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        session = lines.next(15)["session"]
+        wait_until(lambda: len(list(reports.glob("*.ready"))) == 8, 30, "eight workers booting")
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: any(reports.glob("*.term")), 15, "the cleanup's SIGTERM")
+        proc.send_signal(signal.SIGINT)   # during the 2 s grace
+        proc.send_signal(signal.SIGINT)
+        outcome = lines.next(30)
+        # Still the one exception a Ctrl-C makes, and the cleanup finished: it killed
+        # every worker (they ignore SIGTERM) and released every row, before the child
+        # exits (whose lifeline would end the workers anyway).
+        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
+        assert session_processes(session) == []
+        assert live_rows(db, session) == []
+    finally:
+        end_process(proc)
+        kill_sessions([session])
+
+
+def test_ctrl_c_during_stop_pools_does_not_abandon_the_stop(tmp_path):
+    """A SIGINT while stop_pools waits for two busy workers: the stop completes, then KeyboardInterrupt."""
+    db = tmp_path / "jobs.db"
+    logs = tmp_path / "logs"
+    proc = manager_process(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 2, 0)], stop_timeout=3,
+                                    log_dir={str(logs)!r})
+        trio.run(manager.start_pools)
+        for i in range(2):
+            (tmp / f"in{{i}}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {{"seconds": 60}})
+        say(event="session", session=manager.session_id)
+        sys.stdin.readline()
+        try:
+            trio.run(manager.stop_pools)
+            say(event="stopped", running=manager.running)
+        except BaseException as exc:
+            say(event="raised", type=type(exc).__name__, running=manager.running)
+        sys.stdin.readline()
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        session = lines.next(30)["session"]
+        wait_until(lambda: sqlite3.connect(db).execute(
+            "SELECT count(*) FROM jobs WHERE status = 'processing'").fetchone()[0] == 2, 15,
+            "two jobs running")
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        # The workers finish their job on SIGTERM (they get the 3 s grace): interrupt then.
+        wait_until(lambda: sum("stopping (signal 15)" in p.read_text() for p in logs.glob("*.log")) == 2,
+                   15, "both workers asked to stop")
+        proc.send_signal(signal.SIGINT)
+        outcome = lines.next(30)
+        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
+        assert session_processes(session) == []
+        assert live_rows(db, session) == []
+        with sqlite3.connect(db) as conn:  # the jobs went back to the queue, as in any stop
+            assert conn.execute("SELECT status FROM jobs").fetchall() == [("pending",), ("pending",)]
+    finally:
+        end_process(proc)
+        kill_sessions([session])
