@@ -154,7 +154,7 @@ def test_status_and_stop_read_only_the_database_of_the_file(tmp_path):
                                             f"'{tmp_path.resolve() / 'mine.db'}' is not allowed; expected "
                                             "the path of an existing CLM jobs database")
     not_toml = write_config(tmp_path, "database = [\n", "broken.toml")
-    with pytest.raises(ConfigError, match=r"broken\.toml, line \d+: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml.*: not valid TOML"):
         resolve_database(not_toml, flag=None, environ={}, shown_as="broken.toml")
 
 

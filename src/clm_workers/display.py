@@ -542,17 +542,18 @@ def jobs_table(jobs: Sequence[JobRow], *, title: str | Text | None = None, width
     ``width`` (cut with ``…``), so that the table is one line per job at 80
     columns as at 200.
     """
-    columns = ["id", "type", "status", "worker", "tries", "queued", "took"]
-    if width >= 100:
-        columns.append("input")
+    # Narrow terminals drop the columns that matter least, so that the error keeps some room.
+    columns = ["id", "type", "status", "worker", *(("tries", "queued") if width >= 90 else ()), "took",
+               *(("input",) if width >= 100 else ())]
     cells: list[list[str]] = []
     for job in jobs:
-        row = [str(job.id), job.job_type, job.status, job.worker or "", f"{job.attempts}/{job.max_attempts}",
-               "" if job.age is None else f"{_duration(job.age)} ago",
-               "" if job.duration is None else _duration(job.duration)]
-        if width >= 100:
-            row.append(_cut(job.input_file, 40))
-        cells.append(row)
+        values = {
+            "id": str(job.id), "type": job.job_type, "status": job.status, "worker": job.worker or "",
+            "tries": f"{job.attempts}/{job.max_attempts}",
+            "queued": "" if job.age is None else f"{_duration(job.age)} ago",
+            "took": job_duration(job), "input": _cut(job.input_file, 40),
+        }
+        cells.append([values[c] for c in columns])
     used = sum(max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns))
     # Between two columns: padding, the (blank) rule, padding; and one blank at each edge.
     room = max(10, width - used - 3 * len(columns) - 2)
@@ -568,6 +569,21 @@ def jobs_table(jobs: Sequence[JobRow], *, title: str | Text | None = None, width
     if not jobs:
         table.add_row("", Text("no jobs", style="dim"), *[""] * (len(table.columns) - 2))
     return table
+
+
+def job_duration(job: JobRow) -> str:
+    """How long the job ran, as exactly as its timestamps allow.
+
+    CLM's workers stamp ``started_at`` and ``completed_at`` with SQLite's
+    ``CURRENT_TIMESTAMP`` (whole seconds): a difference of 0 or 1 s means
+    less than 2 s, not 0 or 1.
+    """
+    if job.duration is None:
+        return ""
+    whole = all(t is None or "." not in t for t in (job.started_at, job.completed_at))
+    if whole and job.duration < 2:
+        return "<2 s"
+    return _duration(job.duration)
 
 
 def _cut(text: str, width: int) -> str:
@@ -604,13 +620,14 @@ def print_job(job: JobRow, console: Console | None = None) -> None:
         ("queued (UTC)", job.created_at or ""),
         ("started (UTC)", job.started_at or ""),
         ("ended (UTC)", job.completed_at or ""),
-        ("took", "" if job.duration is None else f"{job.duration:.3f} s"),
+        ("took", job_duration(job)),
         ("session", job.session_id or ""),
         ("payload", job.payload or ""),
         ("result", job.result or ""),
     ]
     for name, value in fields:
-        table.add_row(name, value)
+        if value != "" or name in ("worker", "ended (UTC)"):
+            table.add_row(name, value)
     out.print(table)
     if job.error:
         out.print(Text("error", style="bold red"))

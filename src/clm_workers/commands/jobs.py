@@ -75,6 +75,7 @@ def run_submit(
 ) -> int:
     """Queue the job; with ``wait``, poll (bounded) until it ended.  0, or 1 for a failed/unfinished job."""
     conn = inventory.open_database(db_path, setting)
+    queued = time.monotonic()
     try:
         job_id = inventory.submit_job(conn, job_type, input_file, output_file, payload, priority=priority)
         serving = conn.execute(
@@ -98,8 +99,8 @@ def run_submit(
     if wait is None:
         return EXIT_OK
     if job.status == "completed":
-        took = f" in {job.duration:.2f} s" if job.duration is not None else ""
-        display.note(f"✓ job {job_id} completed by {job.worker}{took}", "green")
+        display.note(f"✓ job {job_id} completed by {job.worker}, {time.monotonic() - queued:.2f} s after it "
+                     "was queued", "green")
         return EXIT_OK
     if job.status in _ENDED:
         display.note(f"✗ job {job_id} {job.status}" + (f" ({job.worker})" if job.worker else "")
