@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 
 from clitools import StartProcess, clm_workers, session_of, sim_pools, write_config
+from procs import wait_until
 
 WORKER_KEYS = {
     "id", "worker_type", "status", "execution_mode", "container_id", "session_id", "pid",
@@ -95,3 +98,26 @@ def test_status_of_a_missing_or_foreign_file_is_bad_input(tmp_path):
     from_env = clm_workers("status", env={"CLM_JOBS_DB_PATH": str(tmp_path / "env.db")})
     assert from_env.returncode == 2
     assert "database (env CLM_JOBS_DB_PATH): " in from_env.stderr
+
+
+def test_a_killed_manager_is_gone_at_once_not_running_until_its_lease_ends(tmp_path):
+    write_config(tmp_path, sim_pools(notebook=2, plantuml=0))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        db = tmp_path / "jobs.db"
+        session = session_of(db)
+        os.kill(start.popen.pid, signal.SIGKILL)
+        start.wait()
+    finally:
+        start.kill()
+    data = json.loads(clm_workers("status", "--db", str(db), "--json", "--all").stdout)
+    [gone] = data["sessions"]
+    assert gone["session_id"] == session and gone["state"] == "gone" and gone["manager_running"] is False
+    table = clm_workers("status", "--db", str(db)).stdout
+    assert re.search(rf"gone \((manager pid {start.popen.pid} not running; lease ends in \d+ s|its lease "
+                     r"ran out)\)", table), table
+    assert "running (lease" not in table
+    # Its workers end by their lifeline; until their rows say so, no row claims a live process.
+    wait_until(lambda: all(w["status"] == "dead" or w["process_running"] is False for w in json.loads(
+        clm_workers("status", "--db", str(db), "--json", "--all").stdout)["workers"]), 30)

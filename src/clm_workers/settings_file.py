@@ -73,8 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspace", "path", ".", "an existing folder",
             "the workers' working folder (`WORKSPACE_PATH`)", flag="--workspace"),
     Setting("log_dir", "path", None, "a folder (created if missing)",
-            "keep each direct worker's output in `<executor id>.log` here (default: a temporary "
-            "folder, removed at stop)"),
+            "keep each direct worker's output in `<executor id>.log` here (default: "
+            "`<database>.logs/<session id>/`, kept for the last 10 sessions)"),
     Setting("worker_log_level", "choice", "INFO", "one of " + ", ".join(LOG_LEVELS),
             "`LOG_LEVEL` given to the workers", choices=LOG_LEVELS),
     Setting("lease_ttl", "seconds", 10.0, "1-3600 s",
