@@ -425,10 +425,9 @@ def where_shown(worker: WorkerRow, width: int) -> str:
     return name
 
 
-def worker_table(workers: Sequence[WorkerRow], *, title: str | Text | None = None,
-                 show_session: bool = False, width: int = 200) -> Table:
+def worker_table(workers: Sequence[WorkerRow], *, title: str | Text | None = None, width: int = 200) -> Table:
     table = Table(title=title, title_justify="left", box=TABLE_BOX, pad_edge=False)
-    table.add_column("id", justify="right", style="dim")
+    table.add_column("id", justify="right", style="dim", no_wrap=True)
     table.add_column("worker", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("pid / container", no_wrap=True)
@@ -436,8 +435,6 @@ def worker_table(workers: Sequence[WorkerRow], *, title: str | Text | None = Non
     table.add_column("failed", justify="right")
     table.add_column("heartbeat", justify="right", no_wrap=True)
     table.add_column("up", justify="right", no_wrap=True)
-    if show_session:
-        table.add_column("session", style="dim", no_wrap=True)
     for w in workers:
         status = w.shown_status
         ended = status in ("dead", "gone")
@@ -447,8 +444,6 @@ def worker_table(workers: Sequence[WorkerRow], *, title: str | Text | None = Non
             "" if w.heartbeat_age is None or ended else f"{_duration(w.heartbeat_age)} ago",
             "" if w.age is None or ended else _duration(w.age),
         ]
-        if show_session:
-            row.append((w.session_id or "")[:8])
         table.add_row(*row, style="dim" if status == "dead" else None)
     if not workers:
         table.add_row("", Text("no workers", style="dim"), *[""] * (len(table.columns) - 2))
@@ -492,10 +487,19 @@ def print_status(snap: Snapshot, *, console: Console | None = None) -> None:
             sessions.add_row(s.session_id[:8], str(s.pid or ""), s.host or "", s.started_at or "",
                              session_state(s))
         out.print(sessions)
-    order = {s.session_id: n for n, s in enumerate(snap.sessions)}
-    workers = sorted(snap.workers, key=lambda w: (order.get(w.session_id or "", len(order)), *by_name(w)))
-    title = "Workers" + (f" (and {snap.dead_hidden} dead: --all shows them)" if snap.dead_hidden else "")
-    out.print(worker_table(workers, title=title, show_session=len(snap.sessions) > 1, width=out.width))
+    hidden = f" (and {snap.dead_hidden} dead: --all shows them)" if snap.dead_hidden else ""
+    # One table per session (newest first), so that no column is spent on the session.
+    groups: dict[str | None, list[WorkerRow]] = {}
+    for w in snap.workers:
+        groups.setdefault(w.session_id, []).append(w)
+    order = [s.session_id for s in snap.sessions]
+    keys = sorted(groups, key=lambda k: order.index(k) if k in order else len(order))
+    if len(keys) <= 1:
+        out.print(worker_table(sorted(snap.workers, key=by_name), title="Workers" + hidden, width=out.width))
+    for n, key in enumerate(keys if len(keys) > 1 else ()):
+        name = f"session {key[:8]}" if key else "no session (started by CLM itself)"
+        out.print(worker_table(sorted(groups[key], key=by_name), width=out.width,
+                               title=f"Workers of {name}" + (hidden if n == 0 else "")))
     if snap.events:
         events = Table(title="Recent events", title_justify="left", box=TABLE_BOX, pad_edge=False)
         for column in ("time (UTC)", "event", "worker", "message"):
