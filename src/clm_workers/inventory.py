@@ -1,14 +1,16 @@
 """What a CLM database says about its workers: a read-only view for the CLI.
 
-``clm-workers status``, the live table of ``clm-workers start`` and
-``clm-workers stop`` read the ``workers``, ``worker_events``, ``jobs`` and
-``clm_worker_sessions`` tables through these functions.  Blocking (SQLite);
-the Trio side calls them through ``trio.to_thread``.
+``clm-workers status``, ``jobs``, ``logs``, the live table of
+``clm-workers start`` and ``clm-workers stop`` read the ``workers``,
+``worker_events``, ``jobs`` and ``clm_worker_sessions`` tables through these
+functions.  Blocking (SQLite, and a look at this host's processes for
+whether a manager or worker still runs); the Trio side calls them through
+``trio.to_thread``.
 
 Nothing here creates a database or changes the schema (CLM's schema is a
 contract): the file is opened with ``mode=rw``, so a wrong path is an error
-instead of a new empty file.  The one write, :func:`expire_lease`, is for
-``stop``.
+instead of a new empty file.  The two writes: :func:`expire_lease`, for
+``stop``, and :func:`submit_job`, for ``submit``.
 
 A direct worker's pid is not a column of ``workers``; the worker writes it
 in the metadata of its ``worker_registered`` event, which is where it is read
