@@ -260,8 +260,11 @@ def test_fail_fast_says_the_reason_once(tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("simulated crash") == 1, result.stderr
     assert not [line for line in result.stderr.splitlines() if line.startswith("ERROR ")]
-    assert ("clm-workers: the pool could not start: drawio#0 failed (exit) and fail_fast is set "
-            "(its reason is above); every worker was stopped") in result.stderr
+    fatal = "clm-workers: the pool could not start: drawio#0 failed (exit) and fail_fast is set"
+    if "✗ drawio#0 failed (exit)" in result.stderr:  # the failure was on screen before the pool gave up
+        assert f"{fatal} (its reason is above); every worker was stopped" in result.stderr
+    else:                                              # the fatal error came first: its line has the reason
+        assert f"{fatal}: exited with code 3 before registering" in result.stderr
     # Asked for, the engine's own log line is there too.
     loud = clm_workers("start", "--log-level", "ERROR", cwd=tmp_path, timeout=60)
     assert loud.returncode == 1
