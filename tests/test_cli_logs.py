@@ -12,7 +12,16 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from clitools import StartProcess, _env, clm_workers, session_of, sim_pools, write_config
+from clitools import (
+    DOCKER_IMAGE,
+    StartProcess,
+    _env,
+    clm_workers,
+    require_docker,
+    session_of,
+    sim_pools,
+    write_config,
+)
 from clm_workers import logfiles, schema
 from procs import wait_until
 
@@ -111,3 +120,32 @@ def test_a_stopping_manager_keeps_the_newest_sessions_logs_and_every_live_ones(t
     (tmp_path / "other.db").write_text("not sqlite\n")
     (logfiles.log_root(tmp_path / "other.db") / "x").mkdir(parents=True)
     assert logfiles.prune(tmp_path / "other.db", keep=0) == []
+
+
+def test_a_containers_log_comes_from_the_engine_while_it_exists(tmp_path):
+    require_docker()
+    write_config(tmp_path, f"""
+        [[pools]]
+        type = "notebook"
+        count = 1
+        mode = "docker"
+        image = "{DOCKER_IMAGE}"
+        module = "clm_workers.sim"
+    """)
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        running = clm_workers("logs", "notebook#0", cwd=tmp_path)
+        assert running.returncode == 0, running.stderr
+        assert "activated pre-registered row 1: type=notebook container_id=docker-notebook-0-" \
+            in running.stdout
+        every = clm_workers("logs", cwd=tmp_path)
+        assert "clm-workers: notebook#0 runs in a container; its log: clm-workers logs notebook#0" \
+            in every.stderr
+        start.popen.send_signal(signal.SIGTERM)
+        assert start.wait() == 0
+    finally:
+        start.kill()
+    gone = clm_workers("logs", "notebook#0", cwd=tmp_path)
+    assert gone.returncode == 1
+    assert "its container docker-notebook-0-" in gone.stderr and "is gone" in gone.stderr
