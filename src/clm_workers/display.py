@@ -547,7 +547,7 @@ def jobs_table(jobs: Sequence[JobRow], *, title: str | Text | None = None, width
     columns as at 200.
     """
     # Narrow terminals drop the columns that matter least, so that the error keeps some room.
-    columns = ["id", "type", "status", "worker", *(("tries", "queued") if width >= 90 else ()), "took",
+    columns = ["id", "type", "status", "worker", "tries", *(("queued",) if width >= 90 else ()), "took",
                *(("input",) if width >= 100 else ())]
     cells: list[list[str]] = []
     for job in jobs:
@@ -587,6 +587,8 @@ def job_duration(job: JobRow) -> str:
     whole = all(t is None or "." not in t for t in (job.started_at, job.completed_at))
     if whole and job.duration < 2:
         return "<2 s"
+    if whole and job.duration < 120:
+        return f"{job.duration:.0f} s"
     return _duration(job.duration)
 
 
