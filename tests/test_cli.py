@@ -191,3 +191,17 @@ def test_ctrl_c_at_any_moment_of_start_stops_cleanly(tmp_path, moment):
     assert "Traceback" not in screen and code == 0, (code, screen)
     assert "Stopped every worker in " in screen
     assert not [s for (s,) in db_rows(db, "SELECT status FROM workers") if s != "dead"]
+
+
+def test_ctrl_c_stops_the_demo_cleanly_exit_130(tmp_path):
+    terminal = TerminalProcess(tmp_path, "demo", "--workers", "4", "--boot-delay", "30")
+    try:
+        terminal.wait_for("registered")
+        terminal.ctrl_c()
+        code = terminal.wait()
+    finally:
+        terminal.close()
+    screen = terminal.text()
+    assert code == 130 and "Traceback" not in screen, (code, screen)
+    assert "clm-workers: SIGINT: stopping every worker" in screen
+    assert screen.rstrip().splitlines()[-1].startswith("Stopped every worker in ")

@@ -27,6 +27,8 @@ from .settings_file import StartSettings
 SIM_MODULE = "clm_workers.sim"
 WORKER_TYPES = ("notebook", "plantuml", "drawio")
 JOB_DEADLINE_SECONDS = 30.0
+#: A demo stopped by Ctrl-C (cleanly: every worker stopped) did not show what it is for.
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def run_demo(options: DemoOptions) -> int:
             done = all(j.status == "completed" for j in jobs)
             return 0 if report.ok and done else 1
 
-        return run_pool_command(settings, body)
+        return run_pool_command(settings, body, if_stopped_by_signal=EXIT_INTERRUPTED)
 
 
 def _run_jobs(registry: Registry, db_path: Path, workspace: Path, types: set[str],

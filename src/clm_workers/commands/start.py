@@ -59,11 +59,14 @@ def run_start(settings: StartSettings, *, json_output: bool = False) -> int:
 
 
 def run_pool_command(settings: StartSettings, body: Body, *, json_output: bool = False,
-                     announce: bool = True) -> int:
-    """The pool's life on screen: announce, start (live progress), ``body``, stop; the exit code."""
-    if announce:
-        _announce(settings)  # blocking reads: before the Trio loop runs
-    return trio.run(_main, settings, body, json_output)
+                     if_stopped_by_signal: int = EXIT_OK) -> int:
+    """The pool's life on screen: announce, start (live progress), ``body``, stop; the exit code.
+
+    A stop signal ends ``body`` and stops the pool cleanly; the exit code is
+    then ``if_stopped_by_signal`` (``start``: 0, the way it is meant to end).
+    """
+    _announce(settings)  # blocking reads: before the Trio loop runs
+    return trio.run(_main, settings, body, json_output, if_stopped_by_signal)
 
 
 class _Feed:
@@ -159,12 +162,14 @@ class Screen:
         self.running.__enter__()
         if self.signal is not None:
             self.running.stopping()
-        self.nursery.start_soon(self._refresh)
+        # Made here, not in the task: finish() can cancel it even before the task first runs.
+        self._refresh_scope = trio.CancelScope()
+        self.nursery.start_soon(self._refresh, self._refresh_scope)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, scope: trio.CancelScope) -> None:
         assert self.feed is not None and self.running is not None
         try:
-            with trio.CancelScope() as self._refresh_scope:
+            with scope:
                 while True:
                     await self._read_once()
                     await trio.sleep(RUNNING_REFRESH_SECONDS if self.signal is None
@@ -199,7 +204,7 @@ class Screen:
             display.note(f"Stopped every worker in {time.monotonic() - self.stop_at:.2f} s.", "bold")
 
 
-async def _main(settings: StartSettings, body: Body, json_output: bool) -> int:
+async def _main(settings: StartSettings, body: Body, json_output: bool, if_stopped_by_signal: int) -> int:
     screen = Screen(settings)
     code = EXIT_OK
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -217,7 +222,7 @@ async def _main(settings: StartSettings, body: Body, json_output: bool) -> int:
             finally:
                 await screen.finish()
                 nursery.cancel_scope.cancel()
-    return code
+    return if_stopped_by_signal if screen.signal is not None and code == EXIT_OK else code
 
 
 def _fatal_reason(exc: PoolStartupError, screen: Screen) -> str:
