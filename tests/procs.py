@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -25,17 +29,32 @@ def wait_until(
         time.sleep(interval)
 
 
+#: ``PF_EXITING`` in the flags field of /proc/PID/stat: the kernel has begun to end the process.
+PF_EXITING = 0x4
+
+
 def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
+    """True while ``pid`` can still run its own code.
+
+    Gone: no such process, a zombie or dead task (state ``Z`` or ``X``), or a process
+    whose exit has begun (``PF_EXITING``).  The last one matters: between the start of
+    its exit and becoming a zombie a process still shows as running (``R``), but it will
+    never run its own code again, and it has already released its memory, so its
+    environment reads as empty and :func:`session_processes` could not tell its session.
+    Both helpers use this one definition, so they never disagree about a process.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    fields = stat.rsplit(")", 1)[1].split()
+    state, flags = fields[0], int(fields[6])
+    return state not in ("Z", "X") and not flags & PF_EXITING
 
 
 def session_processes(session_id: str) -> list[int]:
-    """Pids of live processes whose environment carries ``CLM_SESSION_ID=session_id``."""
+    """Pids of processes :func:`alive` whose environment carries ``CLM_SESSION_ID=session_id``."""
     marker = f"CLM_SESSION_ID={session_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -48,3 +67,32 @@ def session_processes(session_id: str) -> list[int]:
         if marker in environ.split(b"\0") and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+class JsonLines:
+    """JSON lines from a child's stdout, read by a thread so that every read has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            if line.startswith("{"):
+                self._queue.put(json.loads(line))
+        self._queue.put(None)
+
+    def next(
+        self, timeout: float, *, until: Callable[[dict[str, Any]], bool] = lambda message: True
+    ) -> dict[str, Any]:
+        """The next message for which ``until`` is true; fail after ``timeout`` s or at end of output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no matching message from the child within {timeout} s") from None
+            if message is None:
+                raise AssertionError("the child process ended its output")
+            if until(message):
+                return message

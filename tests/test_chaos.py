@@ -10,16 +10,13 @@ process it started in ``finally``.  Together they take well under a minute.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import queue
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import trio
 
 from clm_workers import PoolStartupError, WorkerConfig, WorkerPoolManager, schema
 from clm_workers.plan import plan_workers
+from procs import JsonLines as Lines
 from procs import alive, session_processes, wait_until
 
 SIM = "clm_workers.sim"
@@ -65,32 +63,6 @@ def kill_sessions(sessions: list[str]) -> None:
         for pid in session_processes(session):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-class Lines:
-    """JSON lines from a child's stdout, read by a thread so that every read has a deadline."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self._queue: queue.Queue[dict | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            if line.startswith("{"):
-                self._queue.put(json.loads(line))
-        self._queue.put(None)
-
-    def next(self, timeout: float, *, until=lambda message: True) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                message = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no matching message from the manager within {timeout} s") from None
-            if message is None:
-                raise AssertionError("the manager process ended its output")
-            if until(message):
-                return message
 
 
 def manager_process(tmp_path: Path, body: str) -> subprocess.Popen:

@@ -445,14 +445,30 @@ def job_counts(conn: sqlite3.Connection, session: str | None = None) -> dict[str
     return {str(s): int(n) for s, n in rows}
 
 
-_JOB_COLUMNS = (
-    "j.id, j.job_type, j.status, COALESCE(j.priority, 0), j.input_file, j.output_file, j.worker_id,"
-    " w.worker_type, w.container_id, COALESCE(j.attempts, 0), COALESCE(j.max_attempts, 3),"
-    " j.created_at, j.started_at, j.completed_at,"
-    f" (julianday('now') - julianday(j.created_at)) * {_SECONDS},"
-    f" (julianday(COALESCE(j.completed_at, 'now')) - julianday(j.started_at)) * {_SECONDS},"
-    " j.error, j.session_id"
-)
+#: Columns of ``jobs`` that not every CLM generation has (CLM 1.9 has no ``session_id``):
+#: read as ``NULL`` where the table lacks them.
+_OPTIONAL_JOB_COLUMNS = ("priority", "attempts", "max_attempts", "error", "session_id", "payload", "result",
+                         "traceback")
+
+
+def _job_columns(conn: sqlite3.Connection, *, details: bool = False) -> str:
+    present = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
+
+    def col(name: str) -> str:
+        return f"j.{name}" if name in present or name not in _OPTIONAL_JOB_COLUMNS else "NULL"
+
+    columns = (
+        f"j.id, j.job_type, j.status, COALESCE({col('priority')}, 0), j.input_file, j.output_file,"
+        f" j.worker_id, w.worker_type, w.container_id,"
+        f" COALESCE({col('attempts')}, 0), COALESCE({col('max_attempts')}, 3),"
+        " j.created_at, j.started_at, j.completed_at,"
+        f" (julianday('now') - julianday(j.created_at)) * {_SECONDS},"
+        f" (julianday(COALESCE(j.completed_at, 'now')) - julianday(j.started_at)) * {_SECONDS},"
+        f" {col('error')}, {col('session_id')}"
+    )
+    if details:
+        columns += f", {col('payload')}, {col('result')}, {col('traceback')}"
+    return columns
 
 
 def read_jobs(
@@ -472,7 +488,7 @@ def read_jobs(
         where.append("j.job_type = ?")
         params.append(job_type)
     rows = conn.execute(
-        f"SELECT * FROM (SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id"
+        f"SELECT * FROM (SELECT {_job_columns(conn)} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY j.id DESC LIMIT ?) ORDER BY 1",
         [*params, last],
@@ -483,7 +499,7 @@ def read_jobs(
 def read_job(conn: sqlite3.Connection, job_id: int) -> JobRow | None:
     """One job with its payload, result and traceback; ``None`` when there is no such id."""
     row = conn.execute(
-        f"SELECT {_JOB_COLUMNS}, j.payload, j.result, j.traceback"
+        f"SELECT {_job_columns(conn, details=True)}"
         " FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = ?",
         (job_id,),
     ).fetchone()
@@ -577,10 +593,16 @@ def submit_job(
     Without a ``session_id`` (``NULL``): a worker of any pool on the database
     may take it (CLM's workers only take jobs of their own session or none).
     """
+    values: dict[str, object] = {
+        "job_type": job_type, "status": "pending", "input_file": input_file, "output_file": output_file,
+        "content_hash": "", "payload": json.dumps(payload), "priority": priority,
+        "max_attempts": max_attempts,
+    }
+    present = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
+    names = [name for name in values if name in present or name not in _OPTIONAL_JOB_COLUMNS]
     cursor = conn.execute(
-        "INSERT INTO jobs (job_type, status, priority, input_file, output_file, content_hash, payload,"
-        " max_attempts) VALUES (?, 'pending', ?, ?, ?, '', ?, ?)",
-        (job_type, priority, input_file, output_file, json.dumps(payload), max_attempts),
+        f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        [values[name] for name in names],
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid
