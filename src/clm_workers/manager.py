@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from . import logfiles
 from .backend import ThreadedBackend
 from .clm.database import check_database
 from .clm.profile import resolve_configs, worker_environment
@@ -314,9 +313,9 @@ class WorkerPoolManager:
         db_file = self.db_path.resolve()
         log_dir = self._log_dir
         if log_dir is None:
-            log_dir = self._own_log_dir = Path(
-                tempfile.mkdtemp(prefix=f"clm-workers-{self.session_id[:8]}-")
-            )
+            # Beside the database, one folder per session: findable (`clm-workers logs`)
+            # while the pool runs and after it stopped; pruned at _close.
+            log_dir = self._own_log_dir = logfiles.session_log_dir(self.db_path.resolve(), self.session_id)
         executors: dict[str, Executor] = {
             "direct": DirectExecutor(
                 db_path=db_file,
@@ -363,7 +362,8 @@ class WorkerPoolManager:
             executor.close()
         backend.registry.close()
         if self._own_log_dir is not None:
-            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            # This session's logs stay; those of sessions long gone do not pile up.
+            logfiles.prune(self.db_path.resolve())
             self._own_log_dir = None
 
 
