@@ -12,13 +12,17 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import uuid
+from contextlib import closing
+from pathlib import Path
 
 import docker
 import docker.errors
+import pytest
 
 from clitools import (
     DOCKER_IMAGE,
@@ -33,7 +37,14 @@ from clitools import (
     statuses,
     write_config,
 )
+from clm_workers import schema
 from procs import session_processes, wait_until
+
+
+def start_stamp(pid: int) -> str:
+    """``<boot id>:<start tick>``: how a manager records itself (clm_workers.ownership), read here."""
+    ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}:{ticks}"
 
 
 def test_stop_asks_a_running_start_to_stop_its_workers(tmp_path):
@@ -87,12 +98,16 @@ def test_stop_cleans_up_after_a_manager_that_was_killed(tmp_path):
 FAKE_MANAGER = textwrap.dedent("""
     import os, signal, sys, time
     from clm_workers import schema
+    from clm_workers.ownership import ManagerToken, start_stamp
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     conn = schema.connect(sys.argv[1])
     schema.ensure_schema(conn)
-    conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
-                 " VALUES (?, ?, ?, julianday('now') + 1)", (sys.argv[2], os.getpid(), sys.argv[3]))
+    token = ManagerToken(sys.argv[2])  # what a real manager holds: stop signals only it
+    token.create()
+    conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at, proc_start)"
+                 " VALUES (?, ?, ?, julianday('now') + 1, ?)",
+                 (sys.argv[2], os.getpid(), sys.argv[3], start_stamp()))
     conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
                  " VALUES ('notebook', 'direct-notebook-0-0000abcd', 'idle', ?)", (sys.argv[2],))
     print("ready", flush=True)
@@ -253,3 +268,113 @@ def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
         for container in client.containers.list(all=True, filters={"label": db_label}):
             container.remove(force=True)
         client.close()
+
+
+# -- stop never hits a stranger --------------------------------------------------------------
+
+
+def _session_row(db, session: str, pid: int, *, proc_start: str | None = None, lease: float = 60) -> None:
+    """What anyone who can write the database (a container, say) can put there."""
+    conn = schema.connect(db)
+    schema.ensure_schema(conn)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(clm_worker_sessions)")}
+    if proc_start is not None and "proc_start" in columns:
+        conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at, proc_start)"
+                     " VALUES (?, ?, ?, julianday('now') + ?, ?)",
+                     (session, pid, socket.gethostname(), lease / 86400, proc_start))
+    else:
+        conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
+                     " VALUES (?, ?, ?, julianday('now') + ?)", (session, pid, socket.gethostname(), lease / 86400))
+    conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
+                 " VALUES ('notebook', ?, 'idle', ?)", (f"direct-notebook-0-{session[:8]}", session))
+    conn.close()
+
+
+STRANGERS = {
+    "a root sleep": dict(args=["sleep", "600"]),
+    "a process of nobody": dict(args=["sleep", "600"], user=65534),
+    "a python that ignores SIGINT": dict(
+        args=[sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                    "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE),
+}
+
+
+@pytest.mark.parametrize("stranger", list(STRANGERS))
+@pytest.mark.parametrize("exact_start", [False, True], ids=["no start time", "its exact start time"])
+def test_stop_never_signals_a_process_a_session_row_merely_names(tmp_path, stranger, exact_start):
+    """A forged row: a live lease on this host naming an unrelated process, even with its true start time."""
+    options = STRANGERS[stranger]
+    victim = subprocess.Popen(options["args"], user=options.get("user"), stdout=options.get("stdout"), text=True)
+    try:
+        if victim.stdout is not None:
+            assert victim.stdout.readline().strip() == "ready"
+        db = tmp_path / "jobs.db"
+        session = uuid.uuid4().hex
+        _session_row(db, session, victim.pid, proc_start=start_stamp(victim.pid) if exact_start else None)
+        result = clm_workers("stop", "--db", str(db), "--timeout", "2", "--json")
+        assert result.returncode == 1, result.stderr
+        assert victim.poll() is None, f"stop signalled {stranger} (pid {victim.pid})"
+        [refused] = json.loads(result.stdout)["sessions"]
+        assert refused["signals"] == [] and refused["outcome"] == "not_stopped"
+        assert f"cannot prove that pid {victim.pid} is its manager" in result.stderr
+        assert f"`kill -INT {victim.pid}` for CLM, `kill -TERM {victim.pid}` for clm-workers start" \
+            in result.stderr
+        assert statuses(db) == ["idle"]  # and nothing of the session is touched
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
+    """The manager's row is real, but its pid now names a process that started later."""
+    write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
+    start = StartProcess(tmp_path)
+    start.wait_for_output("clm-workers: running")
+    db = tmp_path / "jobs.db"
+    session = session_of(db)
+    start.kill()  # SIGKILL: the lease stays alive for up to lease_ttl
+    successor = subprocess.Popen(["sleep", "600"])  # it got the manager's pid (as the kernel may do)
+    try:
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE clm_worker_sessions SET pid = ? WHERE session_id = ?", (successor.pid, session))
+        result = clm_workers("stop", "--db", str(db), "--json")
+        assert successor.poll() is None, "stop signalled a process that merely has the manager's old pid"
+        assert result.returncode == 0, result.stderr
+        [cleaned] = json.loads(result.stdout)["sessions"]
+        assert cleaned["signals"] == [] and cleaned["outcome"] == "cleaned"
+        assert f"its manager is gone (pid {successor.pid} is another process now" in result.stderr
+    finally:
+        successor.kill()
+        successor.wait()
+    no_worker_left(session)
+    assert statuses(db) == ["dead", "dead"]
+
+
+def test_stop_with_an_empty_session_is_bad_input(tmp_path):
+    db = tmp_path / "jobs.db"
+    session = uuid.uuid4().hex
+    manager = fake_manager(db, session, socket.gethostname())
+    try:
+        empty = clm_workers("stop", "--db", str(db), "--session", "")
+        assert empty.returncode == 2, empty.stderr
+        assert "--session: '' is not allowed; expected a session id or its first characters" in empty.stderr
+        assert alive(manager.pid) and statuses(db) == ["idle"]
+    finally:
+        manager.kill()
+        manager.wait()
+
+
+def test_stop_needs_only_the_database_of_a_workers_toml_with_a_typo(tmp_path):
+    write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        session = session_of(tmp_path / "jobs.db")
+        # The file changes under the running pool: a typo that `start` would refuse.
+        write_config(tmp_path, "[startup]\nconcurency = 3\n" + sim_pools(notebook=1, plantuml=1))
+        result = clm_workers("stop", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert start.wait(timeout=30) == 0
+    finally:
+        start.kill()
+    no_worker_left(session)

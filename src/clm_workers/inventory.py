@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .ownership import start_stamp
 from .processes import alive, runs_since
 from .schema import BUSY_TIMEOUT_SECONDS
 
@@ -134,6 +135,9 @@ class SessionRow:
     state: str = "running"
     #: Whether the manager's process runs (``None``: it runs on another host, so unknown).
     manager_running: bool | None = None
+    #: The manager's own ``<boot id>:<start tick>`` (:mod:`clm_workers.ownership`); ``None`` in
+    #: rows of an older clm-workers.
+    proc_start: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -292,8 +296,10 @@ def read_sessions(conn: sqlite3.Connection) -> list[SessionRow]:
     """Every clm-workers session of the database, newest first (none in a CLM-only database)."""
     if not _has_table(conn, "clm_worker_sessions"):
         return []
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(clm_worker_sessions)")}
     rows = conn.execute(
-        f"SELECT session_id, pid, host, started_at, (lease_expires_at - julianday('now')) * {_SECONDS}"
+        f"SELECT session_id, pid, host, started_at, (lease_expires_at - julianday('now')) * {_SECONDS},"
+        f" {'proc_start' if 'proc_start' in columns else 'NULL'}"
         " FROM clm_worker_sessions ORDER BY started_at DESC, rowid DESC"
     ).fetchall()
     # One pass over the events: each session's last pool event (SQLite takes the
@@ -307,9 +313,13 @@ def read_sessions(conn: sqlite3.Connection) -> list[SessionRow]:
     sessions = []
     for r in rows:
         session_id, lease_left = str(r[0]), round(float(r[4]), 3)
-        manager_running = runs_since(r[1], r[3]) if r[2] in (None, here) else None
+        manager_running = None
+        if r[2] in (None, here):
+            # Exact where the manager recorded its start tick: a reused pid is not it.
+            manager_running = (start_stamp(r[1]) == r[5]) if r[5] and r[1] else runs_since(r[1], r[3])
         state = _session_state(lease_left > 0, manager_running, last_event.get(session_id))
-        sessions.append(SessionRow(session_id, r[1], r[2], r[3], lease_left, state, manager_running))
+        sessions.append(SessionRow(session_id, r[1], r[2], r[3], lease_left, state, manager_running,
+                                   r[5]))
     return sessions
 
 

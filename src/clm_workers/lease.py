@@ -37,6 +37,7 @@ import threading
 from pathlib import Path
 
 from . import schema
+from .ownership import ManagerToken, start_stamp
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +73,38 @@ class SessionLease:
         self._real_path = self.db_path
         self._identity: tuple[int, int] | None = None
         self._conn: sqlite3.Connection | None = None
+        self._token = ManagerToken(session_id)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Write the session's row, remember the file it is in, and start renewing.
 
+        The row names this process exactly (pid and start tick), and the
+        manager token is made (:mod:`clm_workers.ownership`), so that
+        ``clm-workers stop`` can tell this manager from any other process.
         Raises :class:`sqlite3.Error` when the row cannot be written.
         """
         self._real_path = self.db_path.resolve()
         self._identity = file_identity(self._real_path)
+        try:
+            self._token.create()
+        except OSError as exc:
+            log.warning("no manager token (%s): `clm-workers stop` will not signal this process; "
+                        "stop it with Ctrl-C or kill -INT %d", exc, os.getpid())
         # One connection for the whole session, opened now: opened later, it
         # would open whatever file the path leads to by then.
         conn = schema.connect(self._real_path, check_same_thread=False)
         try:
             conn.execute(
-                "INSERT OR REPLACE INTO clm_worker_sessions"
-                " (session_id, pid, host, lease_expires_at) VALUES (?, ?, ?, julianday('now') + ?)",
-                (self.session_id, os.getpid(), socket.gethostname(), self.ttl / _SECONDS_PER_DAY),
+                "INSERT OR REPLACE INTO clm_worker_sessions (session_id, pid, host, lease_expires_at,"
+                " proc_start) VALUES (?, ?, ?, julianday('now') + ?, ?)",
+                (self.session_id, os.getpid(), socket.gethostname(), self.ttl / _SECONDS_PER_DAY,
+                 start_stamp()),
             )
         except BaseException:
             conn.close()
+            self._token.close()
             raise
         self._conn = conn
         self.lost = None
@@ -107,17 +119,18 @@ class SessionLease:
             self._thread.join()
             self._thread = None
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
         try:
-            conn.execute(
-                "UPDATE clm_worker_sessions SET lease_expires_at = julianday('now') WHERE session_id = ?",
-                (self.session_id,),
-            )
+            if conn is not None:
+                conn.execute(
+                    "UPDATE clm_worker_sessions SET lease_expires_at = julianday('now') WHERE session_id = ?",
+                    (self.session_id,),
+                )
         except sqlite3.Error as exc:  # the lease runs out by itself anyway
             log.warning("could not expire the session lease: %s", exc)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+            self._token.close()  # after the expiry: until then `stop` may still need the proof
 
     def check_file(self) -> str | None:
         """Why the database path no longer leads to the pool's file, or ``None`` (a ``stat`` or two)."""

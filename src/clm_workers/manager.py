@@ -315,7 +315,7 @@ class WorkerPoolManager:
         if log_dir is None:
             # Beside the database, one folder per session: findable (`clm-workers logs`)
             # while the pool runs and after it stopped; pruned at _close.
-            log_dir = self._own_log_dir = logfiles.session_log_dir(self.db_path.resolve(), self.session_id)
+            log_dir = self._own_log_dir = logfiles.session_log_dir(db_file, self.session_id)
         executors: dict[str, Executor] = {
             "direct": DirectExecutor(
                 db_path=db_file,

@@ -442,6 +442,13 @@ class DockerExecutor:
             labels[LABEL_DB_WORKER_ID] = str(spec.db_worker_id)
         return labels
 
+    def sessions_with_containers(self) -> set[str]:
+        """The sessions that have containers of this database on the engine (running or not): one call."""
+        mine = [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_DB}={self.db_identity}"]
+        found = self._client().api.containers(all=True, filters={"label": mine})
+        return {str(labels[LABEL_SESSION]) for info in found
+                if LABEL_SESSION in (labels := info.get("Labels") or {})}
+
     def remove_containers_of(self, sessions: Collection[str]) -> list[str]:
         """Remove every container of this database whose session is in ``sessions``.
 
