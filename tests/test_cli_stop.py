@@ -284,7 +284,8 @@ def _session_row(db, session: str, pid: int, *, proc_start: str | None = None, l
                      (session, pid, socket.gethostname(), lease / 86400, proc_start))
     else:
         conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
-                     " VALUES (?, ?, ?, julianday('now') + ?)", (session, pid, socket.gethostname(), lease / 86400))
+                     " VALUES (?, ?, ?, julianday('now') + ?)",
+                     (session, pid, socket.gethostname(), lease / 86400))
     conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
                  " VALUES ('notebook', ?, 'idle', ?)", (f"direct-notebook-0-{session[:8]}", session))
     conn.close()
@@ -304,7 +305,8 @@ STRANGERS = {
 def test_stop_never_signals_a_process_a_session_row_merely_names(tmp_path, stranger, exact_start):
     """A forged row: a live lease on this host naming an unrelated process, even with its true start time."""
     options = STRANGERS[stranger]
-    victim = subprocess.Popen(options["args"], user=options.get("user"), stdout=options.get("stdout"), text=True)
+    victim = subprocess.Popen(options["args"], user=options.get("user"), stdout=options.get("stdout"),
+                              text=True)
     try:
         if victim.stdout is not None:
             assert victim.stdout.readline().strip() == "ready"
@@ -336,7 +338,8 @@ def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
     successor = subprocess.Popen(["sleep", "600"])  # it got the manager's pid (as the kernel may do)
     try:
         with closing(sqlite3.connect(db)) as conn, conn:
-            conn.execute("UPDATE clm_worker_sessions SET pid = ? WHERE session_id = ?", (successor.pid, session))
+            conn.execute("UPDATE clm_worker_sessions SET pid = ? WHERE session_id = ?",
+                         (successor.pid, session))
         result = clm_workers("stop", "--db", str(db), "--json")
         assert successor.poll() is None, "stop signalled a process that merely has the manager's old pid"
         assert result.returncode == 0, result.stderr

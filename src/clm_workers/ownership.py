@@ -162,7 +162,7 @@ def _token_is_sound(path: Path, owner: int, pid: int, stamp: str) -> bool:
 
 
 def _check_private(folder: Path, owner: int) -> None:
-    """Raise :class:`PermissionError` unless ``folder`` is a real folder of ``owner``, writable by it alone."""
+    """Raise :class:`PermissionError` unless ``folder`` is a folder of ``owner``, writable by it alone."""
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner or info.st_mode & 0o022:
         raise PermissionError(f"{folder} is not a folder of uid {owner} that only it can write")
