@@ -11,7 +11,7 @@ import textwrap
 from contextlib import closing
 from pathlib import Path
 
-from procs import alive, session_processes, wait_until
+from procs import alive, give_to_data_owner, session_processes, wait_until
 
 SIM = "clm_workers.sim"
 DOCKER_IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
@@ -122,8 +122,13 @@ def no_worker_left(session: str, timeout: float = 10) -> None:
     wait_until(lambda: not session_processes(session), timeout)
 
 
-def require_docker(image: str = DOCKER_IMAGE) -> None:
-    """Skip without an engine or the worker image; fail instead with ``CLM_REQUIRE_DOCKER_TESTS=1`` (CI)."""
+def require_docker(folder: Path, image: str = DOCKER_IMAGE) -> None:
+    """Skip without an engine or the worker image; fail instead with ``CLM_REQUIRE_DOCKER_TESTS=1`` (CI).
+
+    ``folder`` (the database's and workspace's) is given to a user other than
+    root: containers never run as root.
+    """
+    give_to_data_owner(folder)
     import docker
     import docker.errors
     import pytest

@@ -123,7 +123,7 @@ def test_a_stopping_manager_keeps_the_newest_sessions_logs_and_every_live_ones(t
 
 
 def test_a_containers_log_comes_from_the_engine_while_it_exists(tmp_path):
-    require_docker()
+    require_docker(tmp_path)
     write_config(tmp_path, f"""
         [[pools]]
         type = "notebook"

@@ -238,7 +238,7 @@ def test_stop_interrupts_a_library_manager_which_stops_its_pool_in_its_finally(t
 
 
 def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
-    require_docker(DOCKER_IMAGE)
+    require_docker(tmp_path, DOCKER_IMAGE)
     write_config(tmp_path, f"""
         [[pools]]
         type = "notebook"

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from clm_workers import MonitorSettings, RestartPolicy, open_worker_pool
-from test_docker import client, dsim, nothing_left_behind  # noqa: F401 - shared fixtures
+from test_docker import client, data_of_a_user, dsim, nothing_left_behind  # noqa: F401 - shared fixtures
 
 SETTINGS = MonitorSettings(
     interval=0.1, heartbeat_timeout=2.0, hung_timeout=3.5, progress_timeout=60.0, max_job_time=60.0,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
-from .clm.database import prepare_database
+from .clm.database import Kind, prepare_database
 from .clm.installed import installed_clm
 from .lease import SessionLease
 from .plan import WorkerSpec
@@ -98,7 +98,8 @@ class Registry:
         with self._lock:
             if self._conn is not None:
                 return
-            prepare_database(self.db_path, installed_clm())
+            if prepare_database(self.db_path, installed_clm()).kind is Kind.NEW:
+                _give_to_folder_owner(self.db_path)
             conn = schema.connect(self.db_path, check_same_thread=False)
             try:
                 self._job_columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
@@ -399,6 +400,23 @@ class Registry:
                 (json.dumps(list(job_ids)),),
             ).fetchall()
         return {int(r[0]): (str(r[1]), r[2]) for r in rows}
+
+
+def _give_to_folder_owner(db_path: Path) -> None:
+    """A database that root just made in someone's folder belongs to that someone.
+
+    The workers (containers never run as root) must write it, and a file in
+    a user's folder that the user cannot write helps nobody.  SQLite gives its
+    ``-wal`` and ``-shm`` files the database's owner from then on.
+    """
+    if os.geteuid() != 0:
+        return
+    folder = os.stat(db_path.parent)
+    if folder.st_uid == 0:
+        return
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(path, folder.st_uid, folder.st_gid, follow_symlinks=False)
 
 
 @contextlib.contextmanager

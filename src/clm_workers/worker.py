@@ -682,6 +682,16 @@ class _Runtime:
             fresh = os.stat(path).st_size == 0
         except FileNotFoundError:
             fresh = True
+        for suffix in ("-wal", "-shm"):
+            # Mounted into a container one by one, a log that the host has deleted
+            # since would be a second, private log: writing to it corrupts the database.
+            try:
+                deleted = os.stat(path + suffix).st_nlink == 0
+            except OSError:
+                continue
+            if deleted:
+                raise sqlite3.OperationalError(f"{path}{suffix} was deleted where the database lives; "
+                                               "refusing a stale copy of it")
         conn = schema.connect(path)
         if fresh:  # CLM workers create the schema only in a file that is not there yet
             schema.ensure_schema(conn)
