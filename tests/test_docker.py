@@ -152,8 +152,8 @@ async def test_eight_containers_register_work_and_stop_leaving_none(client: Any,
             assert host["Memory"] == (256 if worker.worker_type == "plantuml" else 1024) * 2**20
             mounts = {m["Destination"]: (m["Source"], m["RW"]) for m in info["Mounts"]}
             # The database's three files, not its folder; the workspace.
-            assert mounts == {f"/db/jobs.db{suffix}": (f"{db}{suffix}", True) for suffix in ("", "-wal", "-shm")
-                              } | {"/workspace": (str(tmp_path), True)}
+            files = {f"/db/jobs.db{end}": (f"{db}{end}", True) for end in ("", "-wal", "-shm")}
+            assert mounts == files | {"/workspace": (str(tmp_path), True)}
             assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
             assert host["PidsLimit"] > 0 and host["ReadonlyRootfs"] is True
             assert info["Config"]["User"] != "0" and not info["Config"]["User"].startswith("0:")
@@ -192,7 +192,9 @@ print(json.dumps(facts))
 """
 
 
-async def test_a_container_is_unprivileged_and_sees_only_the_database_files(client: Any, tmp_path: Path) -> None:
+async def test_a_container_is_unprivileged_and_sees_only_the_database_files(
+    client: Any, tmp_path: Path
+) -> None:
     """Not root, no capabilities, no new privileges, a pids limit, a read-only root file system, and of
     the database's folder only the database: not the secret beside it."""
     data = tmp_path / "data"  # the database's folder, not the workspace
@@ -216,7 +218,8 @@ async def test_a_container_is_unprivileged_and_sees_only_the_database_files(clie
     assert facts["beside_db"] == facts["root_fs"] == "Read-only file system", facts
     assert facts["tmp"] == "written" and facts["pids_max"] == "512", facts
     assert not (data / "planted").exists()
-    assert sorted(p.name for p in data.iterdir() if not p.name.startswith("jobs.db")) == [".ssh", "secret.txt"]
+    neighbours = sorted(p.name for p in data.iterdir() if not p.name.startswith("jobs.db"))
+    assert neighbours == [".ssh", "secret.txt"]
 
 
 def test_a_symlink_beside_the_database_is_never_mounted(client: Any, tmp_path: Path) -> None:
