@@ -18,12 +18,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import trio
 
-from clm_workers import PoolStartupError, WorkerConfig, WorkerPoolManager, schema
+from clm_workers import MonitorSettings, PoolStartupError, WorkerConfig, WorkerPoolManager, schema
 from clm_workers.plan import plan_workers
 from procs import JsonLines as Lines
 from procs import alive, session_processes, wait_until
@@ -422,3 +424,79 @@ def test_ctrl_c_during_stop_pools_does_not_abandon_the_stop(tmp_path):
     finally:
         end_process(proc)
         kill_sessions([session])
+
+
+# -- a manager that dies while its workers are busy -------------------------------------------
+
+
+def test_busy_workers_of_a_killed_manager_leave_no_child_and_give_every_job_back(tmp_path):
+    """24 workers, each running a job with a child process (as a kernel): the manager is SIGKILLed.
+
+    Every worker and child is gone within 2 s, and every job is back in the queue: all
+    24 workers give their job back at the same moment, and each release must get through.
+    """
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, """
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 24, 0)])
+        trio.run(manager.start_pools)
+        for i in range(24):
+            (tmp / f"in{i}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{i}", f"out{i}", {"child_seconds": 120})
+        say(event="started", session=manager.session_id, running=manager.running)
+        trio.run(trio.sleep_forever)
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        started = lines.next(120)
+        session = started["session"]
+        assert started["running"] == 24
+        # Each worker and its job's child: 48 processes of the session.
+        wait_until(lambda: len(session_processes(session)) == 48, 60, "24 jobs with a child each")
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(5)
+        wait_until(lambda: not session_processes(session), 15, "the workers and their children to go",
+                   interval=0.02)
+        gone_after = time.monotonic() - killed_at
+        with sqlite3.connect(db, timeout=30) as conn:
+            jobs = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+        print(f"all 48 processes gone {gone_after:.2f} s after the SIGKILL; jobs: {jobs}")
+        assert gone_after <= 2.0
+        assert jobs == {"pending": 24}, jobs
+        assert live_rows(db, session) == []
+    finally:
+        end_process(proc)
+        kill_sessions([session] if session else [])
+
+
+def test_a_running_manager_releases_what_a_dead_manager_left(tmp_path):
+    """Another manager died long ago (its lease expired) and left a busy row and a job in
+    processing: the running pool's monitor releases both, and its workers do the job."""
+    db = tmp_path / "jobs.db"
+    settings = MonitorSettings(interval=0.1, dead_session_sweep=0.5)
+    manager = WorkerPoolManager(db, tmp_path, [sim("notebook", 1, 0)])
+    trio.run(manager.start_pools)
+    manager.start_monitoring(settings)
+    try:
+        dead = uuid.uuid4().hex
+        (tmp_path / "left.in").write_text("x")
+        with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+            conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
+                         " VALUES (?, 999999, 'gone', julianday('now') - 1)", (dead,))
+            row = conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
+                               " VALUES ('notebook', ?, 'busy', ?)", (f"direct-notebook-0-{dead[:8]}", dead)
+                               ).lastrowid
+            job = conn.execute("INSERT INTO jobs (job_type, status, input_file, output_file, content_hash,"
+                               " payload, worker_id, attempts, started_at) VALUES ('notebook', 'processing',"
+                               " 'left.in', 'left.out', '', '{}', ?, 1, CURRENT_TIMESTAMP)", (row,)).lastrowid
+
+        def state():
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
+                return (conn.execute("SELECT status FROM workers WHERE id = ?", (row,)).fetchone()[0],
+                        conn.execute("SELECT status, attempts FROM jobs WHERE id = ?", (job,)).fetchone())
+
+        wait_until(lambda: state() == ("dead", ("completed", 2)), 15, "the left job done by this pool")
+    finally:
+        trio.run(manager.stop_pools)
+    assert session_processes(manager.session_id) == []

@@ -15,21 +15,28 @@ launcher holds.
 When the manager's lifeline reaches EOF the manager is gone, however it died
 (SIGKILL included).  The launcher then
 
-1. kills every descendant of the worker at once: a Jupyter kernel or a JVM
+1. closes the inner lifeline, so that a worker that watches one stops as an
+   orphan in its own way (clm-workers' runtime: exit code 70, its job given
+   back), and knows why before its job's processes vanish;
+2. kills every descendant of the worker at once: a Jupyter kernel or a JVM
    in a session of its own that nothing else would reach (the manager is
    dead, so there is nothing to be gentle for);
-2. closes the inner lifeline, so that a worker that watches one stops as an
-   orphan in its own way (clm-workers' runtime: exit code 70);
 3. after :data:`ORPHAN_GRACE_SECONDS`, sends SIGTERM to the worker's process
    group, so a worker that knows no lifeline stops the way it stops for its
    manager (a CLM worker deletes its row and exits);
-4. after as long again, SIGKILLs the group, itself included.
+4. :data:`ORPHAN_KILL_SECONDS` after the lifeline closed, SIGKILLs the group,
+   itself included.
 
-Steps 1-4 take at most about twice the grace; most workers are gone after
-step 2 or 3.  Standard library only until the lifeline closes (every worker
-pays for its boot); psutil, a dependency of clm-workers and of CLM, is
-imported then to find the descendants.  Without ``CLM_LIFELINE_FD`` the
-module simply runs.
+Most workers are gone after step 2 or 3 (CLM's within a second).  Step 4
+waits for as long as clm-workers' runtime may take to give its job back when
+every worker of the dead manager does so at once (1 s for the job, then up
+to 5 s for the database, ``clm_workers.worker``): killed earlier, a worker
+would leave its job ``processing``.
+
+Standard library only (every worker pays for its boot; the descendants are
+found in ``/proc`` by :mod:`clm_workers.orphans`, not psutil, whose import
+would cost each worker of the dead pool CPU at the same moment).  Without
+``CLM_LIFELINE_FD`` the module simply runs.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ import time
 LIFELINE_ENV = "CLM_LIFELINE_FD"
 #: How long each step gives a worker to stop by itself once its manager is gone.
 ORPHAN_GRACE_SECONDS = 0.5
+#: When, after the lifeline closed, whatever is left of the worker's group is killed:
+#: the runtime's job grace (1 s) and its bound for giving the job back (5 s), and a margin.
+ORPHAN_KILL_SECONDS = 6.5
 
 USAGE = "usage: python -m clm_workers.launch MODULE [ARG...]"
 
@@ -80,40 +90,21 @@ def _watch(lifeline: int, inner_write: int) -> None:
     except OSError:
         pass
     me, group = os.getpid(), os.getpgrp()
-    _kill_descendants(me)
     os.close(inner_write)
+    _kill_descendants(me)
     time.sleep(ORPHAN_GRACE_SECONDS)  # a worker that watches its inner lifeline is gone by now
     _kill_descendants(me)
     _signal_group(group, signal.SIGTERM)
-    time.sleep(ORPHAN_GRACE_SECONDS)
+    time.sleep(ORPHAN_KILL_SECONDS - ORPHAN_GRACE_SECONDS)
     _kill_descendants(me)
     _signal_group(group, signal.SIGKILL)
     os._exit(70)  # only reached when the group signal could not be sent
 
 
-def _has_children() -> bool:
-    """Whether this process has a child (``WNOWAIT``: nothing is reaped; the worker's waits stay intact)."""
-    try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True
-
-
 def _kill_descendants(pid: int) -> None:
-    if not _has_children():  # most workers: no psutil to import, no process table to read
-        return
-    try:
-        import psutil
-    except ImportError:  # without psutil the process group is what can be reached
-        return
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
+    from .orphans import kill_tree  # deferred: only an orphan needs it
+
+    kill_tree(pid, group=False)
 
 
 def _signal_group(group: int, sig: signal.Signals) -> None:

@@ -28,6 +28,7 @@ a replacement the database refused is tried again after the policy's
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ class MonitorSettings:
     progress_timeout: float = 300.0
     #: A job running for longer than this (from ``jobs.started_at``) is hung: CLM's default.
     max_job_time: float = 600.0
+    #: How often the rows and jobs of *other* managers that died (their lease expired, this
+    #: long ago at least) are released, so that their jobs need not wait for the next start.
+    dead_session_sweep: float = 10.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
@@ -185,6 +189,7 @@ class PoolMonitor:
         self.last_error: str | None = None
         #: When a tick last found the database's write lock taken for longer than it waited.
         self._locked_at: float | None = None
+        self._swept_at: float | None = None
 
     @property
     def flapping(self) -> dict[str, str]:
@@ -249,8 +254,8 @@ class PoolMonitor:
             raise PoolStoppedError(f"{lost}; the pool stopped every worker, since a pool and its "
                                    "workers must share one database file")
         exited = await self.backend.exit_codes(self.owner.snapshot())
-        for gone, code in exited.items():
-            await self._retire(gone, f"exited with code {code}{_EXIT_MEANINGS.get(code, '')}")
+        await self._retire([(gone, f"exited with code {code}{_EXIT_MEANINGS.get(code, '')}")
+                            for gone, code in exited.items()])
 
         if not await trio.to_thread.run_sync(registry.writable):
             self._locked_at = trio.current_time()
@@ -262,6 +267,7 @@ class PoolMonitor:
         self._watch(busy, activity, now)
 
         recovered: list[int] = []
+        retiring: list[tuple[WorkerHandle, str]] = []
         for row in rows:
             handle = by_row.get(row.row_id)
             if handle is None or (row.busy and handle not in activity):
@@ -269,15 +275,39 @@ class PoolMonitor:
             verdict = assess(row, self._watches.get(handle), now, self.settings,
                              self._busy_seen.get(handle), self._locked_at)
             if verdict.action == "retire":
-                await self._retire(handle, verdict.why)
+                retiring.append((handle, verdict.why))
             elif verdict.action == "hung":
                 if row.status != "hung":
                     await self._flag_hung(handle, verdict.why)
             elif row.status == "hung":
                 recovered.append(row.row_id)
+        await self._retire(retiring)
         if recovered:
             for row_id in await trio.to_thread.run_sync(registry.clear_hung, recovered):
                 log.info("%s recovered", by_row[row_id].spec.label)
+        await self._sweep_dead_sessions(now)
+
+    async def _sweep_dead_sessions(self, now: float) -> None:
+        """Every ``dead_session_sweep`` s: release what managers that died left (rows, jobs, containers).
+
+        Not while the database was lately too busy to write: a lease that ran
+        out then may belong to a manager whose renewals were merely held up.
+        """
+        interval = self.settings.dead_session_sweep
+        if self._swept_at is not None and now - self._swept_at < interval:
+            return
+        if self._locked_at is not None and now - self._locked_at < interval:
+            return
+        self._swept_at = now
+        registry = self.backend.registry
+        cleaned = await trio.to_thread.run_sync(
+            functools.partial(registry.clean_dead_sessions, expired_for=interval))
+        for session, count in cleaned.items():
+            log.warning("released %d worker rows (and their jobs) left by session %s, whose manager died",
+                        count, session)
+        remove = getattr(self.backend.executors.get("docker"), "remove_containers_of", None)
+        if cleaned and remove is not None:
+            await trio.to_thread.run_sync(remove, set(cleaned))
 
     def _watch(self, busy: list[WorkerHandle], activity: Mapping[WorkerHandle, Activity], now: float) -> None:
         """Keep a :class:`Watch` for each busy worker; forget the others (a new job starts afresh)."""
@@ -301,26 +331,45 @@ class PoolMonitor:
             log.warning("%s is hung: %s", spec.label, why)
             await self._event(spec, handle.db_worker_id, f"{spec.label} is hung: {why}", status="hung")
 
-    async def _retire(self, handle: WorkerHandle, why: str) -> None:
-        spec = handle.spec
-        self._watches.pop(handle, None)
-        self._busy_seen.pop(handle, None)
-        # No grace: the worker is dead, frozen or stuck; kill also reaps it.
-        await stop_workers(self.backend, [handle], grace=0.0, owner=self.owner)
-        self.deaths += 1
-        self.on_death(spec)
-        reason = f"worker {spec.label} {why}"
-        try:
-            requeued = await self.backend.mark_dead([spec], [handle], reason=reason)
-        except Exception as exc:  # the database refuses: every tick tries again first
-            self._unreleased[handle] = reason
-            log.warning("%s %s; its row and jobs cannot be released yet: %s: %s",
-                        spec.label, why, type(exc).__name__, exc)
-        else:
-            log.warning("%s %s; %d job(s) requeued", spec.label, why, requeued)
-            await self._event(spec, handle.db_worker_id, f"{spec.label} {why}", status="dead",
-                              requeued_jobs=requeued)
-        self._schedule_replacement(spec)
+    async def _retire(self, retiring: list[tuple[WorkerHandle, str]]) -> None:
+        """Kill these workers at once, then release their rows and jobs, then schedule replacements.
+
+        All together, and each row ``hung`` first: a worker that is not
+        ``idle`` takes no job, so a job given back by one of them cannot be
+        taken by another that is about to be killed (a paused container runs
+        for a moment when Docker unpauses it to deliver the kill), which
+        would burn the job's attempts one doomed worker after another.
+        """
+        if not retiring:
+            return
+        handles = [handle for handle, _ in retiring]
+        rows = [h.db_worker_id for h in handles if h.db_worker_id is not None]
+        if rows:
+            try:
+                await trio.to_thread.run_sync(self.backend.registry.flag_hung, rows)
+            except Exception as exc:  # the kill below matters more; the tick reports the database
+                log.warning("could not flag %d workers hung before retiring them: %s", len(rows), exc)
+        for handle in handles:
+            self._watches.pop(handle, None)
+            self._busy_seen.pop(handle, None)
+        # No grace: the workers are dead, frozen or stuck; kill also reaps them.
+        await stop_workers(self.backend, handles, grace=0.0, owner=self.owner)
+        for handle, why in retiring:
+            spec = handle.spec
+            self.deaths += 1
+            self.on_death(spec)
+            reason = f"worker {spec.label} {why}"
+            try:
+                requeued = await self.backend.mark_dead([spec], [handle], reason=reason)
+            except Exception as exc:  # the database refuses: every tick tries again first
+                self._unreleased[handle] = reason
+                log.warning("%s %s; its row and jobs cannot be released yet: %s: %s",
+                            spec.label, why, type(exc).__name__, exc)
+            else:
+                log.warning("%s %s; %d job(s) requeued", spec.label, why, requeued)
+                await self._event(spec, handle.db_worker_id, f"{spec.label} {why}", status="dead",
+                                  requeued_jobs=requeued)
+            self._schedule_replacement(spec)
 
     def _schedule_replacement(self, spec: WorkerSpec) -> None:
         assert self._replacements is not None, "PoolMonitor.run() is not running"

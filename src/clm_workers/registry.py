@@ -25,6 +25,7 @@ from . import schema
 from .clm.database import Kind, prepare_database
 from .clm.installed import installed_clm
 from .lease import SessionLease
+from .ownership import start_stamp
 from .plan import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -315,17 +316,18 @@ class Registry:
             ).fetchall()
         return [int(r[0]) for r in rows]
 
-    def clean_dead_sessions(self) -> dict[str, int]:
+    def clean_dead_sessions(self, *, expired_for: float = 0.0) -> dict[str, int]:
         """Retire the rows that managers which died left claiming live workers.
 
         A session is dead when its lease expired (its manager stopped renewing
-        it).  Its ``created``/``idle``/``busy``/``hung`` rows become ``dead``
-        and their in-flight jobs are requeued.  A live session (lease valid) is
-        never touched, nor are rows without a session (CLM's own workers).
-        Returns ``{session id: rows retired}``.
+        it), at least ``expired_for`` seconds ago (see :meth:`expired_sessions`).
+        Its ``created``/``idle``/``busy``/``hung`` rows become ``dead`` and
+        their in-flight jobs are requeued.  A live session (lease valid) is
+        never touched, nor are rows without a session (CLM's own workers), nor
+        this registry's own session.  Returns ``{session id: rows retired}``.
         """
         cleaned: dict[str, int] = {}
-        for session in self.expired_sessions():
+        for session in self.expired_sessions(expired_for=expired_for):
             with self._lock:
                 ids = [
                     int(r[0]) for r in self._db().execute(
@@ -339,13 +341,22 @@ class Registry:
                 cleaned[session] = len(ids)
         return cleaned
 
-    def expired_sessions(self) -> list[str]:
-        """Sessions whose manager stopped renewing its lease: their manager is gone."""
-        with self._lock:
+    def expired_sessions(self, *, expired_for: float = 0.0) -> list[str]:
+        """Sessions whose manager stopped renewing its lease (``expired_for`` seconds ago or more).
+
+        Never this registry's own session, and never one whose manager
+        provably still runs on this host (its pid with the start tick it
+        recorded): its renewals are only late, held up by a busy database.
+        """
+        with self._lock:  # open() gave the table every column (schema.ensure_own_tables)
             rows = self._db().execute(
-                "SELECT session_id FROM clm_worker_sessions WHERE lease_expires_at < julianday('now')"
+                "SELECT session_id, pid, host, proc_start FROM clm_worker_sessions"
+                " WHERE lease_expires_at < julianday('now') - ? AND session_id != ?",
+                (expired_for / 86400.0, self.session_id),
             ).fetchall()
-        return [str(r[0]) for r in rows]
+        here = socket.gethostname()
+        return [str(session) for session, pid, host, stamp in rows
+                if not (host == here and stamp and pid and start_stamp(int(pid)) == stamp)]
 
     # -- events ------------------------------------------------------------
 

@@ -100,6 +100,9 @@ MAX_CONSECUTIVE_DB_ERRORS = 20
 LEASE_CONFIRM_SECONDS = 1.0
 #: Waiting longer than this for the write lock means someone else held it.
 LEASE_LOCK_TOLERANCE = 0.5
+#: How long a worker that gives up its job may wait for the database to take the release
+#: (when a manager dies, all its workers release at once).
+GIVE_UP_SECONDS = 5.0
 
 
 class _FrozenRecord:
@@ -359,6 +362,9 @@ _LEASE_EXPIRED = (
     "SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions WHERE session_id = ?"
 )
 _SET_STATUS = "UPDATE workers SET status = ? WHERE id = ?"
+# Only an idle row takes a job: a ``hung`` worker (the monitor is retiring it) does not.
+_CLAIM_SELF = "UPDATE workers SET status = 'busy' WHERE id = ? AND status = 'idle'"
+_STATUS = "SELECT status FROM workers WHERE id = ?"
 
 
 def _lease_expired(conn: sqlite3.Connection, session_id: str | None) -> tuple[bool | None, float]:
@@ -520,24 +526,59 @@ class _Runtime:
             os.close(self._wake_r)
 
     def _give_up(self) -> None:
-        """The main thread did not stop in time: release our job, mark us dead, exit now."""
+        """The main thread did not stop in time: release our job, mark us dead, exit now.
+
+        The release may wait for the database (every worker of a dead manager
+        gives up at once, each with a write), up to :data:`GIVE_UP_SECONDS`.
+        """
         code = self.exit_code()
+        deadline = time.monotonic() + GIVE_UP_SECONDS
         # Never released: the main thread must not record the job after this.
-        if self.job_lock.acquire(timeout=0.25) and self.db_worker_id is not None:
+        if self.job_lock.acquire(timeout=GIVE_UP_SECONDS / 2) and self.db_worker_id is not None:
             if self.current_job is not None:
                 log.warning("job %d did not finish in time; giving it up", self.current_job)
-            try:
-                conn = sqlite3.connect(self.cfg.db_path, timeout=0.5, isolation_level=None)
-                conn.execute("BEGIN IMMEDIATE")
-                if self.current_job is not None:
-                    conn.execute(_RELEASE_JOB, (self.current_job, self.db_worker_id))
-                if not self.row_gone:
-                    conn.execute(_SET_STATUS, ("dead", self.db_worker_id))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                log.warning("could not record the stop in the database: %s", exc)
+            conn: sqlite3.Connection | None = None
+            while True:
+                try:
+                    conn = conn or sqlite3.connect(self.cfg.db_path, isolation_level=None,
+                                                   timeout=max(0.1, deadline - time.monotonic()))
+                    conn.execute("BEGIN IMMEDIATE")
+                    if self.current_job is not None:
+                        conn.execute(_RELEASE_JOB, (self.current_job, self.db_worker_id))
+                    if not self.row_gone:
+                        conn.execute(_SET_STATUS, ("dead", self.db_worker_id))
+                    conn.execute("COMMIT")
+                    break
+                except sqlite3.Error as exc:
+                    if conn is not None:
+                        _rollback(conn)
+                    if time.monotonic() >= deadline:
+                        log.warning("could not record the stop in the database: %s", exc)
+                        break
+        if self.parent_died_at is not None:
+            _kill_own_tree()
         log.info("exiting without waiting for the main loop (code %d)", code)
         os._exit(code)  # log records are flushed as they are written
+
+    def _manager_gone(self) -> bool:
+        """Whether the manager is gone, looking at the lifeline itself (its thread may not have yet).
+
+        A launcher kills the job's processes and closes the lifeline at the
+        same moment; the handler may fail of the first before the lifeline's
+        thread has seen the second.
+        """
+        fd = self.cfg.lifeline_fd
+        if self.parent_died_at is None and fd is not None:
+            import select  # deferred: only a failed job asks
+
+            try:
+                # Nobody ever writes to a lifeline: readable means it reached EOF.
+                ended = bool(select.select([fd], [], [], 0)[0])
+            except (OSError, ValueError):
+                ended = False
+            if ended:
+                self.request_stop("parent_died")
+        return self.parent_died_at is not None
 
     def _lifeline(self, fd: int) -> None:
         try:
@@ -652,6 +693,8 @@ class _Runtime:
         finally:
             try:
                 self._clean_up()
+                if self.parent_died_at is not None:
+                    _kill_own_tree()  # the manager is gone: nobody else stops our children
             finally:
                 self.done.set()
                 _restore_signal_handlers(previous)
@@ -817,11 +860,18 @@ class _Runtime:
                 if not rows:
                     conn.execute("ROLLBACK")
                     return None
-                if conn.execute(_SET_STATUS, ("busy", self.db_worker_id)).rowcount == 0:
-                    # Our row is gone: a worker without a row must not take jobs.
+                if conn.execute(_CLAIM_SELF, (self.db_worker_id,)).rowcount == 0:
+                    status = conn.execute(_STATUS, (self.db_worker_id,)).fetchone()
                     conn.execute("ROLLBACK")
-                    self.row_gone = True
-                    self.request_stop("row_deleted")
+                    if status is None:
+                        # Our row is gone: a worker without a row must not take jobs.
+                        self.row_gone = True
+                        self.request_stop("row_deleted")
+                    elif status[0] == "dead":
+                        # Retired (its manager took it for dead): it must not take jobs either.
+                        self.request_stop("row_dead")
+                    # ``hung``: the monitor is about to retire us, or we recover and it
+                    # says so; a job taken now would only be lost again.
                     return None
                 row = rows[0]
                 conn.execute(_START_JOB, (self.db_worker_id, row[0]))
@@ -855,6 +905,14 @@ class _Runtime:
 
             seconds = time.monotonic() - started
             error = f"{type(exc).__name__}: {exc}"
+            if self._manager_gone():
+                # The manager died meanwhile, and its launcher killed the job's
+                # processes (a kernel): not the job's failure.  It goes back.
+                self._finish(conn, job_id, [(_RELEASE_JOB, (job_id, self.db_worker_id)),
+                                            (_SET_STATUS, ("idle", self.db_worker_id))])
+                log.warning("job %d interrupted by the manager's death after %.3f s (%s); given back",
+                            job_id, seconds, error)
+                return
             self._finish(
                 conn,
                 job_id,
@@ -928,10 +986,24 @@ _EXIT_CODES = {"database errors": EXIT_DB_ERROR}
 #: Stop reasons that mean the manager is dead: short grace, exit code 70.
 _MANAGER_GONE = ("parent_died", "lease_expired")
 _REASONS = {
+    "row_dead": "the worker's row was marked dead",
     "parent_died": "the manager is gone: lifeline closed",
     "lease_expired": "the manager is gone: its session lease expired",
     "row_deleted": "the worker's row was deleted",
 }
+
+
+def _kill_own_tree() -> None:
+    """SIGKILL what this worker started (its descendants, and its process group if it leads one).
+
+    For a worker whose manager is gone: nothing else would stop the children
+    (a direct worker's launcher does the same; a container's init does not
+    outlive the worker).  This process itself is spared, so its exit code
+    tells why it ended.
+    """
+    from .orphans import kill_tree  # deferred: only an orphan needs it
+
+    kill_tree(os.getpid())
 
 
 def _row_state(conn: sqlite3.Connection, worker_id: int) -> str:
