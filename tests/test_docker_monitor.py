@@ -74,13 +74,13 @@ async def test_paused_containers_retired_together_do_not_burn_a_job_s_attempts(
         await pool.wait_started()
         (tmp_path / "job.in").write_text("x")
         job = pool.manager.registry.submit_job("notebook", "job.in", "job.out", {"seconds": 3.0})
-        await wait_for(lambda: query(db, "SELECT status FROM jobs WHERE id = ?", job) == [("processing",)], 20)
+        state = "SELECT status FROM jobs WHERE id = ?"
+        await wait_for(lambda: query(db, state, job) == [("processing",)], 20)
         doomed = pool.manager._live.snapshot()
         for handle in doomed:
             client.api.pause(handle.executor_id)
         await wait_for(lambda: pool.monitor.deaths >= 4, SETTINGS.hung_timeout + 10)
-        await wait_for(lambda: query(db, "SELECT status FROM jobs WHERE id = ?", job) in
-                       ([("completed",)], [("failed",)]), 40)
+        await wait_for(lambda: query(db, state, job) in ([("completed",)], [("failed",)]), 40)
         [(status, attempts, error)] = query(db, "SELECT status, attempts, error FROM jobs WHERE id = ?", job)
         # Its first worker took it once (and may have finished it as Docker unpaused it to kill
         # it); at most one replacement took it again.  None of the doomed two ever did.
