@@ -57,3 +57,17 @@ def test_a_row_no_process_is_behind_shows_as_gone():
     assert gone.shown_status == "gone" and row.shown_status == "idle"
     text = _render(display.worker_table([gone], width=100), 100)
     assert " gone " in text and "ago" not in text
+
+
+def test_a_worker_registered_then_failed_as_a_timeout_is_not_counted_twice():
+    """Its own event says registered, the engine's says it came too late: the counts end as the report's."""
+    from clm_workers.inventory import EventRow
+
+    def event(event_id: int, kind: str, index: int, **metadata: object) -> EventRow:
+        return EventRow(event_id, None, kind, "notebook", event_id, "direct", f"notebook#{index} {kind}", "s",
+                        metadata or None, container_id=f"direct-notebook-{index}-{event_id:08x}")
+
+    view = display.StartupView({"notebook": 3}, display.Clock(), live=False)
+    view.on_events([event(1, "worker_registered", 0, pid=10), event(2, "worker_registered", 2, pid=12),
+                    event(3, "worker_failed", 2, phase="timeout"), event(4, "worker_registered", 1, pid=11)])
+    assert view.registered == {"notebook": 2} and view.failed == {"notebook": 1}

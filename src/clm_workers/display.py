@@ -153,6 +153,9 @@ class StartupView:
         self.live = live
         self.registered = dict.fromkeys(self.totals, 0)
         self.failed = dict.fromkeys(self.totals, 0)
+        #: Labels counted registered: one the engine fails after all (it registered too late)
+        #: is taken off again, so that the counts end as the report's.
+        self._registered_labels: set[str] = set()
         #: Labels whose failure has been printed.
         self.reported: set[str] = set()
         #: Failure reasons printed, so that a fatal error that quotes one can point up instead.
@@ -189,6 +192,7 @@ class StartupView:
         for event in events:
             if event.event_type == "worker_registered" and event.worker_type in self.registered:
                 self.registered[event.worker_type] += 1
+                self._registered_labels.add(event.label)
                 self._update(event.worker_type)
                 if not self.live:
                     pid = (event.metadata or {}).get("pid")
@@ -198,6 +202,9 @@ class StartupView:
                          f"{self.totals[event.worker_type]})")
             elif event.event_type == "worker_failed" and "phase" in (event.metadata or {}):
                 self.failed[event.worker_type] = self.failed.get(event.worker_type, 0) + 1
+                if event.label in self._registered_labels:
+                    self._registered_labels.discard(event.label)
+                    self.registered[event.worker_type] -= 1
                 self._update(event.worker_type)
                 self._print_failure(event.label, event.message or f"{event.label} failed",
                                     str((event.metadata or {}).get("reason") or ""))

@@ -299,6 +299,9 @@ class _StartupRun:
         if handle is not None:
             await stop_workers(self.backend, [handle], grace=self.settings.stop_grace, owner=self.owner)
             tail = (await self.backend.output_tail(handle)).strip()
+            if phase == "timeout" and await self._registered_after_all(handle):
+                # Its own registration event says "registered": say why that did not count.
+                reason = f"{reason} (it registered only after its deadline, as it was being stopped)"
         try:
             await self.backend.mark_dead([spec], [handle] if handle else [])
         except Exception as exc:  # the database failed: every other start is doomed too
@@ -318,6 +321,13 @@ class _StartupRun:
         self._progress("failed", spec, reason)
         if self.settings.fail_fast:
             self.fail_fatal(f"{spec.label} failed ({phase}) and fail_fast is set: {reason}")
+
+    async def _registered_after_all(self, handle: WorkerHandle) -> bool:
+        """Whether a worker failed as a timeout shows a registration now (it came too late)."""
+        try:
+            return handle in (await self.backend.poll([handle])).registered
+        except Exception:  # a diagnostic only
+            return False
 
     def _progress(self, kind: str, spec: WorkerSpec, detail: str = "") -> None:
         if self.on_progress is not None:
