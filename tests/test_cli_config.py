@@ -9,6 +9,8 @@ rules are checked in-process on :func:`load_settings`.
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -248,6 +250,21 @@ BAD_FILES = [
         r"pools\[0\]\.type \(workers\.toml, line 3\): 'n{65}' is not allowed; "
         r"expected a name of up to 64 letters, digits", id="over-long-type"),
     pytest.param(
+        ONE_POOL + 'mode = "docker"\nimage = "UPPER CASE!!"\n',
+        r"pools\[0\]\.image \(workers\.toml, line 7\): 'UPPER CASE!!' is not allowed; "
+        r"expected a Docker image reference", id="image-upper-case"),
+    pytest.param(
+        ONE_POOL.replace('type = "notebook"', f'type = "{"n" * 5000}"'),
+        r"pools\[0\]\.type \(workers\.toml, line 3\): 'n{5000}' is not allowed; "
+        r"expected a name of up to 64 letters, digits", id="type-of-5000-characters"),
+    pytest.param(
+        ONE_POOL + 'env = { CLM_SESSION_ID = "someone-elses" }\n',
+        r"pools\[0\]\.env \(workers\.toml, line 6\): 'CLM_SESSION_ID' is not allowed; expected a variable "
+        r"the manager does not set itself", id="env-reserved-session"),
+    pytest.param(
+        ONE_POOL + 'env = { DB_PATH = "/elsewhere/jobs.db" }\n',
+        r"pools\[0\]\.env \(workers\.toml, line 6\): 'DB_PATH' is not allowed", id="env-reserved-db-path"),
+    pytest.param(
         ONE_POOL + "env = { VERBOSE = true }\n",
         r"pools\[0\]\.env\.VERBOSE \(workers\.toml, line 6\): True is not allowed; "
         r"expected a string, or a number \(converted to a string\)", id="env-bool"),
@@ -317,6 +334,33 @@ def test_database_in_a_missing_folder_is_refused(tmp_path):
     result = clm_workers("start", "--db", "nowhere/jobs.db", cwd=tmp_path)
     assert_refused(result, r"--db: '.*nowhere/jobs\.db' is not allowed; expected a file in an existing, "
                            r"writable folder \(.*nowhere does not exist\)", tmp_path)
+
+
+def _another_applications_sqlite(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('mine')")
+        conn.commit()
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (_another_applications_sqlite, r"it has no jobs, schema_version, workers table \(tables: notes\)"),
+    (lambda path: path.write_text("my diary\n"), "it is not a SQLite database"),
+], ids=["another application's SQLite file", "not a SQLite file"])
+def test_a_database_that_is_not_clm_s_is_refused_and_left_as_it_was(tmp_path, make, why):
+    target = tmp_path / "data" / "notes.db"
+    target.parent.mkdir()
+    make(target)
+    before = target.read_bytes()
+    write_config(tmp_path, 'database = "data/notes.db"\n' + ONE_POOL)
+    result = clm_workers("start", cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    [line] = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"clm-workers: error: database \(workers\.toml, line 1\): '.*/data/notes\.db' is not "
+                        rf"allowed; expected a CLM jobs database or a new file: {why}; it was left unchanged",
+                        line), line
+    assert target.read_bytes() == before  # no table added, no WAL mode
+    assert sorted(p.name for p in target.parent.iterdir()) == ["notes.db"]  # no -wal, -shm, logs
 
 
 def test_no_config_file_says_how_to_give_one(tmp_path):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from .clm.generations import JOBS_DB_VARIABLES
 from .errors import ConfigError
 from .plan import ExecutionMode, Registration
 
@@ -42,6 +43,14 @@ _IMAGE_REFERENCE = re.compile(
     r"|sha256:[0-9a-f]{64}"
 )
 MAX_IMAGE_NAME_LENGTH = 255
+
+#: What the manager sets for each worker itself: which session, row, database and
+#: lifeline it belongs to.  A config's ``env`` may not override them (it would undo
+#: the isolation of sessions: a worker claiming another session's jobs or row).
+RESERVED_ENV = frozenset({
+    "CLM_SESSION_ID", "CLM_WORKER_ID", "WORKER_ID", "WORKER_TYPE", "WORKSPACE_PATH", "CLM_LIFELINE_FD",
+    "CLM_WORKER_MODULE", *JOBS_DB_VARIABLES,
+})
 
 SlotMode = Literal["spawn", "registration"]
 
@@ -107,6 +116,12 @@ class WorkerConfig:
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
                 raise ConfigError(f"env ({where})", key, "variable names like 'LOG_LEVEL'")
+            if key in RESERVED_ENV:
+                raise ConfigError(
+                    f"env ({where})", key,
+                    "a variable the manager does not set itself (not one of "
+                    f"{', '.join(sorted(RESERVED_ENV))}: they tie a worker to its session, row and "
+                    "database)")
             if not isinstance(value, str):
                 raise ConfigError(f"env[{key}] ({where})", value, "a string value")
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .clm.database import check_database
 from .clm.generations import PROFILE_CHOICES
 from .clm.profile import resolve_configs
 from .config import (
@@ -445,6 +446,7 @@ def _check_database_path(path: Path, where: str) -> None:
         raise ConfigError(where, str(path), f"{allowed} ({folder} is not writable)")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         raise ConfigError(where, str(path), "a database file this user can read and write")
+    check_database(path, where)  # another application's file: refused, left as it is
 
 
 # -- resolution ---------------------------------------------------------------------

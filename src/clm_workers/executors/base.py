@@ -116,7 +116,9 @@ def protocol_environment(
 
     ``db_path`` and ``workspace_path`` are as the worker sees them (inside a
     container: ``/db/<file>`` and ``/workspace``).  The config's own ``env``
-    is applied last so a pool can override anything.
+    is applied last so a pool can override anything but the variables that
+    tie a worker to its session, row and database (``config.RESERVED_ENV``,
+    refused when the config is made).
     """
     env = {
         "WORKER_TYPE": spec.worker_type,

@@ -55,6 +55,8 @@ _DESCENDANT_EXIT_TIMEOUT = 1.0
 # Errors that every start would hit the same way: the interpreter, the
 # workspace or the log folder is missing or not accessible.
 _FATAL_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOEXEC})
+# ... or that the machine refuses to every start alike, each with its own remedy.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EAGAIN, errno.ENOMEM})
 
 
 class DirectExecutor:
@@ -268,7 +270,7 @@ class DirectExecutor:
         except OSError as exc:
             raise FatalExecutorError(
                 f"cannot open the log file {log_path} for worker {spec.label}: {exc}; "
-                "check that the log folder is writable"
+                f"{_what_to_do(exc, 'check that the log folder is writable')}"
             ) from exc
         try:
             popen = subprocess.Popen(
@@ -286,10 +288,10 @@ class DirectExecutor:
             if created_log:
                 _unlink_quietly(log_path)
             described = f"{' '.join(cmd)!r} (cwd {str(self.workspace_path)!r})"
-            if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
+            if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS | _RESOURCE_ERRNOS:
                 raise FatalExecutorError(
                     f"cannot start worker {spec.label}: {described}: {exc.strerror or exc}; "
-                    "check the Python interpreter and the workspace folder"
+                    f"{_what_to_do(exc, 'check the Python interpreter and the workspace folder')}"
                 ) from exc
             if isinstance(exc, Exception):
                 raise RuntimeError(f"cannot start worker {spec.label}: {described}: {exc}") from exc
@@ -300,6 +302,23 @@ class DirectExecutor:
             spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid,
             tree=ProcessTree(popen.pid),
         )
+
+
+def _what_to_do(exc: OSError, otherwise: str) -> str:
+    """The remedy for an error of the machine, not of the folder (say, too many open files)."""
+    if exc.errno == errno.EMFILE:
+        import resource  # deferred: only this error needs it
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"this process has too many open files (its limit is {soft}, `ulimit -n`): raise the "
+                "limit or start fewer workers at once")
+    if exc.errno == errno.ENFILE:
+        return "the system has too many open files: close some, or raise fs.file-max"
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full: make room"
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return "the machine cannot start more processes now (its process or memory limit)"
+    return otherwise
 
 
 def _popen(handle: WorkerHandle) -> subprocess.Popen[bytes]:
