@@ -425,7 +425,8 @@ from clm_workers.executors.direct import DirectExecutor
 from clm_workers.plan import WorkerSpec, new_executor_id
 tmp = Path(sys.argv[1])
 executor = DirectExecutor(db_path=tmp / "jobs.db", workspace_path=tmp, log_dir=tmp / "logs")
-spec = WorkerSpec("notebook", 0, "direct", "clm_workers.sim", "pre", new_executor_id("direct", "notebook", 0), "s")
+spec = WorkerSpec("notebook", 0, "direct", "clm_workers.sim", "pre", new_executor_id("direct", "notebook", 0),
+                  "s")
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 held = []
 try:
