@@ -416,8 +416,10 @@ def run_manager(tmp_path: Path, body: str) -> subprocess.Popen[str]:
 LEASE_TTL = 3.0
 #: The worker checks its lease this often (its heartbeat interval).
 LEASE_CHECK = 0.5
-#: Expiry (at most one ttl after the last renewal), one check, the 1 s stop grace, margin.
-ORPHAN_BOUND = LEASE_TTL + LEASE_CHECK + 1.0 + 2.0
+#: Expiry (at most one ttl after the last renewal), one check, the second of writable
+#: expiry a container waits for (a busy database is not a dead manager), the 1 s stop
+#: grace, margin.
+ORPHAN_BOUND = LEASE_TTL + LEASE_CHECK + 1.0 + 1.0 + 2.0
 
 
 @pytest.mark.parametrize("moment", ["during startup", "after startup"])
@@ -471,6 +473,41 @@ async def test_manager_killed_with_sigkill_its_containers_stop_and_the_next_mana
         assert len(report.started) == 1
         assert session_containers(client, session) == []
         assert [r for r in live_rows(tmp_path / "jobs.db") if r[3] == session] == []
+    finally:
+        await successor.stop_pools()
+
+
+async def test_a_manager_with_only_direct_workers_removes_the_containers_a_dead_manager_left(
+    client: Any, tmp_path: Path
+) -> None:
+    proc = run_manager(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [dsim(2)], lease_ttl={LEASE_TTL})
+        print(json.dumps({{"session": manager.session_id}}), flush=True)
+        trio.run(manager.start_pools)
+        print(json.dumps({{"started": manager.running}}), flush=True)
+        trio.run(trio.sleep_forever)
+    """)
+    try:
+        assert proc.stdout is not None
+        session = json.loads(proc.stdout.readline())["session"]
+        assert json.loads(proc.stdout.readline()) == {"started": 2}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        proc.kill()
+        proc.wait()
+    def expired() -> bool:
+        with sqlite3.connect(tmp_path / "jobs.db") as conn:
+            return bool(conn.execute("SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions"
+                                     " WHERE session_id = ?", (session,)).fetchone()[0])
+
+    wait_until(expired, LEASE_TTL + 5, "the dead manager's lease to run out")
+    assert len(session_containers(client, session)) == 2
+    successor = WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("plantuml", 1, module=SIM)])
+    report = await successor.start_pools()
+    try:
+        assert len(report.started) == 1
+        assert session_containers(client, session) == []
     finally:
         await successor.stop_pools()
 

@@ -211,7 +211,9 @@ class Snapshot:
         """A plain structure for ``--json`` (times are UTC, ISO 8601)."""
         return {
             "database": self.database,
-            "sessions": [{**asdict(s), "alive": s.alive, "started_at": iso(s.started_at)}
+            # ``proc_start`` is for ``stop``'s proof of the manager, not for readers.
+            "sessions": [{**_without(asdict(s), "proc_start"), "alive": s.alive,
+                          "started_at": iso(s.started_at)}
                          for s in self.sessions],
             "workers": [
                 {**asdict(w), "label": w.label, "index": w.index,
@@ -290,6 +292,16 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 # -- reading -----------------------------------------------------------------------
+
+
+def _without(data: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != key}
+
+
+def docker_sessions(conn: sqlite3.Connection) -> set[str]:
+    """Sessions that ever had a docker worker in this database (so may have left containers)."""
+    return {str(r[0]) for r in conn.execute(
+        "SELECT DISTINCT session_id FROM workers WHERE execution_mode = 'docker' AND session_id IS NOT NULL")}
 
 
 def read_sessions(conn: sqlite3.Connection) -> list[SessionRow]:

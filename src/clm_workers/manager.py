@@ -293,19 +293,27 @@ class WorkerPoolManager:
         backend.registry.open()
         for session, rows in backend.registry.clean_dead_sessions().items():
             log.warning("retired %d worker rows left by session %s, whose manager died", rows, session)
-        if "docker" in backend.executors:
-            from .executors.docker import DockerExecutor  # imported already: it is in use
+        # Containers of managers that died: stopped by their lease, but still there.
+        # Removed by whichever manager comes next, one with only direct workers too.
+        dead = set(backend.registry.expired_sessions())
+        if "docker" not in backend.executors:
+            dead &= backend.registry.sessions_with_docker_rows()
+        if not dead:
+            return
+        from .executors.docker import DockerExecutor  # the docker SDK only when there are containers
 
-            docker_executor = backend.executors["docker"]
-            assert isinstance(docker_executor, DockerExecutor)
-            # Containers of managers that died: stopped by their lease, but still there.
-            dead = set(backend.registry.expired_sessions()) - {self.session_id}
-            try:
-                docker_executor.remove_containers_of(dead)
-            except FatalExecutorError as exc:
-                log.debug("no cleanup of dead sessions' containers: %s", exc)  # the preflight reports it
-            except Exception as exc:
-                log.warning("could not remove the containers of dead sessions: %s", exc)
+        existing = backend.executors.get("docker")
+        executor = existing if isinstance(existing, DockerExecutor) else DockerExecutor(
+            db_path=self.db_path.resolve(), workspace_path=self.workspace_path.resolve(), pool_size=2)
+        try:
+            executor.remove_containers_of(dead)
+        except FatalExecutorError as exc:
+            log.debug("no cleanup of dead sessions' containers: %s", exc)  # the preflight reports it
+        except Exception as exc:
+            log.warning("could not remove the containers of dead sessions: %s", exc)
+        finally:
+            if executor is not existing:
+                executor.close()
 
     def _open_backend(self) -> ThreadedBackend:
         # Resolved once: the registry, the lease and every executor use the same

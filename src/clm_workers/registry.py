@@ -24,6 +24,7 @@ from typing import Any
 from . import schema
 from .clm.database import Kind, prepare_database
 from .clm.installed import installed_clm
+from .inventory import docker_sessions
 from .lease import SessionLease
 from .ownership import start_stamp
 from .plan import WorkerSpec
@@ -357,6 +358,11 @@ class Registry:
         here = socket.gethostname()
         return [str(session) for session, pid, host, stamp in rows
                 if not (host == here and stamp and pid and start_stamp(int(pid)) == stamp)]
+
+    def sessions_with_docker_rows(self) -> set[str]:
+        """Sessions that ever had a docker worker in this database (so may have left containers)."""
+        with self._lock:
+            return docker_sessions(self._db())
 
     # -- events ------------------------------------------------------------
 

@@ -39,7 +39,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,8 +119,8 @@ def stop_database(
                                   f"a session id (or its start) of this database; it has: {known}")
             sessions = matching
         targets = [(s, inventory.active_rows(conn, s.session_id)) for s in sessions]
-        with_containers = _sessions_with_containers(
-            db_path, {s.session_id for s, rows in targets if not (s.alive or rows)} & _docker_sessions(conn))
+        ended = {s.session_id for s, rows in targets if not (s.alive or rows)}
+        with_containers = _sessions_with_containers(db_path, ended & inventory.docker_sessions(conn))
     finally:
         conn.close()
     targets = [(s, rows) for s, rows in targets if s.alive or rows or s.session_id in with_containers]
@@ -297,12 +296,6 @@ def _remove_containers(db_path: Path, session_id: str) -> list[str]:
         return executor.remove_containers_of({session_id})
     finally:
         executor.close()
-
-
-def _docker_sessions(conn: sqlite3.Connection) -> set[str]:
-    """Sessions that ever had a docker worker in this database."""
-    return {str(r[0]) for r in conn.execute(
-        "SELECT DISTINCT session_id FROM workers WHERE execution_mode = 'docker' AND session_id IS NOT NULL")}
 
 
 def _sessions_with_containers(db_path: Path, sessions: set[str]) -> set[str]:
