@@ -237,15 +237,21 @@ def test_stop_interrupts_a_library_manager_which_stops_its_pool_in_its_finally(t
     assert statuses(db) == ["dead", "dead"]
 
 
-def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
+@pytest.mark.parametrize("when", ["at once", "after they stopped by themselves"])
+def test_stop_removes_the_containers_a_killed_manager_left(tmp_path, when):
+    """At once: they still run.  Later: their lease ran out, they exited and marked their rows
+    dead, so the session claims nothing any more, but its exited containers are still there."""
     require_docker(tmp_path, DOCKER_IMAGE)
     write_config(tmp_path, f"""
+        lease_ttl = 2
+
         [[pools]]
         type = "notebook"
         count = 2
         mode = "docker"
         image = "{DOCKER_IMAGE}"
         module = "clm_workers.sim"
+        env = {{ CLM_HEARTBEAT_INTERVAL = "0.5" }}
     """)
     start = StartProcess(tmp_path)
     client = docker.from_env(version="auto")
@@ -255,6 +261,9 @@ def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
         label = {"label": f"clm.session={session}"}
         assert len(client.containers.list(filters=label)) == 2
         start.kill()  # SIGKILL: the containers keep running until their lease runs out
+        if when != "at once":
+            wait_until(lambda: not client.containers.list(filters=label), 20, "the containers to exit")
+            wait_until(lambda: statuses(tmp_path / "jobs.db") == ["dead", "dead"], 10, "their rows dead")
 
         result = clm_workers("stop", "--db", str(tmp_path / "jobs.db"), "--json")
         assert result.returncode == 0, result.stderr
