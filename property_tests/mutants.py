@@ -110,6 +110,31 @@ MUTANTS = [
         "            if start + timeout + waited <= now:",
         "            if start + timeout <= now:",
     ),
+    # The races after startup (property_tests/test_races.py).
+    Mutant(
+        "hung-claims", "a worker whose row is hung (being retired) still takes a job",
+        "src/clm_workers/worker.py",
+        "_CLAIM_SELF = \"UPDATE workers SET status = 'busy' WHERE id = ? AND status = 'idle'\"",
+        "_CLAIM_SELF = \"UPDATE workers SET status = 'busy' WHERE id = ?\"",
+    ),
+    Mutant(
+        "lease-lock-ignored", "a lease seen expired after waiting for someone's lock counts as expired",
+        "src/clm_workers/worker.py",
+        "        if not expired or waited > LEASE_LOCK_TOLERANCE:\n",
+        "        if not expired:\n",
+    ),
+    Mutant(
+        "lease-no-confirm", "the first expired lease a container sees ends it (no confirmation)",
+        "src/clm_workers/worker.py",
+        "        return now - self.expired_since >= LEASE_CONFIRM_SECONDS\n",
+        "        return True\n",
+    ),
+    Mutant(
+        "locked-db-is-silence", "the monitor counts heartbeats missed while the database was locked",
+        "src/clm_workers/monitor.py",
+        "        for since in (busy_seen_at, locked_at):\n",
+        "        for since in (busy_seen_at,):\n",
+    ),
     Mutant(
         "exits-ignored", "the watcher ignores early exits (they end as timeouts)",
         "src/clm_workers/watcher.py",

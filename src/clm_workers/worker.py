@@ -83,7 +83,7 @@ else:
     # of enums): ``import signal`` imports ``enum``, another ~1.5 ms.
     import _signal
 
-__all__ = ["Handler", "Job", "WorkerContext", "run_worker"]
+__all__ = ["Handler", "Job", "LeaseWatch", "WorkerContext", "claim_next", "run_worker"]
 
 EXIT_OK = 0
 EXIT_DB_ERROR = 1
@@ -367,6 +367,79 @@ _CLAIM_SELF = "UPDATE workers SET status = 'busy' WHERE id = ? AND status = 'idl
 _STATUS = "SELECT status FROM workers WHERE id = ?"
 
 
+def claim_next(
+    conn: sqlite3.Connection, worker_id: int, worker_type: str, session_id: str | None
+) -> tuple[tuple[Any, ...] | None, str | None]:
+    """Take the next pending job of ``worker_type`` for row ``worker_id``, in one transaction.
+
+    ``session_id``: only jobs of that session (or of none); ``None``: any.
+    Returns ``(job row, None)``, or ``(None, why)``: ``None`` when there is no
+    job or the row is ``hung`` (the monitor is about to retire this worker,
+    or it recovers and the monitor says so: a job taken now would only be
+    lost again), ``"row_gone"`` or ``"row_dead"`` when the worker must stop.
+    """
+    query = _CANDIDATE.format(session=" AND (session_id IS NULL OR session_id = ?)" if session_id else "")
+    params: tuple[object, ...] = (worker_type,) if session_id is None else (worker_type, session_id)
+    # Look before taking the write lock: idle workers poll often.
+    if not conn.execute(query, params).fetchall():
+        return None, None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(query, params).fetchall()
+        if not rows:
+            conn.execute("ROLLBACK")
+            return None, None
+        if conn.execute(_CLAIM_SELF, (worker_id,)).rowcount == 0:
+            status = conn.execute(_STATUS, (worker_id,)).fetchone()
+            conn.execute("ROLLBACK")
+            if status is None:
+                return None, "row_gone"
+            return None, "row_dead" if status[0] == "dead" else None
+        conn.execute(_START_JOB, (worker_id, rows[0][0]))
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return tuple(rows[0]), None
+
+
+class LeaseWatch:
+    """When a container takes its manager for dead, from its checks of the session's lease.
+
+    Each check reports whether the lease looked expired with the write lock
+    in hand, and how long taking that lock took.  The manager is gone only
+    once the lease has looked so for :data:`LEASE_CONFIRM_SECONDS`, each
+    check getting the lock at once (within :data:`LEASE_LOCK_TOLERANCE`): a
+    lock someone held, or a renewal that may be waiting right behind us, is
+    no expiry.  Pure (no clock of its own) so that it can be checked against
+    any timeline.
+    """
+
+    __slots__ = ("expired_since",)
+
+    def __init__(self) -> None:
+        self.expired_since: float | None = None
+
+    def interval(self, heartbeat_interval: float) -> float:
+        """How long until the next check: sooner while an expiry waits for confirmation."""
+        if self.expired_since is None:
+            return heartbeat_interval
+        return min(heartbeat_interval, LEASE_CONFIRM_SECONDS / 2)
+
+    def observe(self, expired: bool, waited: float, now: float) -> bool:
+        """One check's result at ``now`` (monotonic seconds); whether the manager is gone."""
+        if not expired or waited > LEASE_LOCK_TOLERANCE:
+            self.expired_since = None
+            return False
+        if self.expired_since is None:
+            self.expired_since = now
+        return now - self.expired_since >= LEASE_CONFIRM_SECONDS
+
+    def unknown(self) -> None:
+        """A check that could not be made (the database failed or stayed locked): no evidence."""
+        self.expired_since = None
+
+
 def _lease_expired(conn: sqlite3.Connection, session_id: str | None) -> tuple[bool | None, float]:
     """Whether the session's lease has expired (``None``: no such session), and how long the
     write lock took to get (0 when the lease is alive for a plain reader)."""
@@ -606,12 +679,9 @@ class _Runtime:
         free all that time and did not renew.
         """
         conn: sqlite3.Connection | None = None
-        expired_since: float | None = None
+        watch = LeaseWatch()
         try:
-            while not self.done.wait(
-                self.cfg.heartbeat_interval if expired_since is None
-                else min(self.cfg.heartbeat_interval, LEASE_CONFIRM_SECONDS / 2)
-            ):
+            while not self.done.wait(watch.interval(self.cfg.heartbeat_interval)):
                 try:
                     conn = conn or schema.connect(self.cfg.db_path)
                     expired, waited = _lease_expired(conn, self.cfg.session_id)
@@ -619,19 +689,12 @@ class _Runtime:
                     if "no such table" in str(exc):
                         return
                     # Locked beyond the busy timeout, or a passing fault: the database, not the manager.
-                    expired_since = None
+                    watch.unknown()
                     log.warning("cannot check the session lease: %s", exc)
                     continue
                 if expired is None:
                     return
-                if not expired or waited > LEASE_LOCK_TOLERANCE:
-                    # Alive; or someone held the lock until just now, and the
-                    # manager's renewal may be waiting behind us.
-                    expired_since = None
-                    continue
-                now = time.monotonic()
-                expired_since = now if expired_since is None else expired_since
-                if now - expired_since >= LEASE_CONFIRM_SECONDS:
+                if watch.observe(expired, waited, time.monotonic()):
                     self.request_stop("lease_expired")
                     return
         finally:
@@ -846,41 +909,19 @@ class _Runtime:
         assert self.db_worker_id is not None
         # Jobs have a session only from CLM's schema 11 on (1.9.2's have none).
         by_session = bool(self.cfg.session_id) and self._jobs_have_sessions(conn)
-        query = _CANDIDATE.format(session=" AND (session_id IS NULL OR session_id = ?)" if by_session else "")
-        params: tuple[object, ...] = (self.cfg.worker_type,)
-        if by_session:
-            params += (self.cfg.session_id,)
-        # Look before taking the write lock: idle workers poll often.
-        if not conn.execute(query, params).fetchall():
-            return None
         with self.job_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = conn.execute(query, params).fetchall()
-                if not rows:
-                    conn.execute("ROLLBACK")
-                    return None
-                if conn.execute(_CLAIM_SELF, (self.db_worker_id,)).rowcount == 0:
-                    status = conn.execute(_STATUS, (self.db_worker_id,)).fetchone()
-                    conn.execute("ROLLBACK")
-                    if status is None:
-                        # Our row is gone: a worker without a row must not take jobs.
-                        self.row_gone = True
-                        self.request_stop("row_deleted")
-                    elif status[0] == "dead":
-                        # Retired (its manager took it for dead): it must not take jobs either.
-                        self.request_stop("row_dead")
-                    # ``hung``: the monitor is about to retire us, or we recover and it
-                    # says so; a job taken now would only be lost again.
-                    return None
-                row = rows[0]
-                conn.execute(_START_JOB, (self.db_worker_id, row[0]))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-            self.current_job = row[0]
-        return tuple(row)
+            row, refusal = claim_next(conn, self.db_worker_id, self.cfg.worker_type,
+                                      self.cfg.session_id if by_session else None)
+            if row is not None:
+                self.current_job = row[0]
+        if refusal == "row_gone":
+            # Our row is gone: a worker without a row must not take jobs.
+            self.row_gone = True
+            self.request_stop("row_deleted")
+        elif refusal == "row_dead":
+            # Retired (its manager took it for dead): it must not take jobs either.
+            self.request_stop("row_dead")
+        return row
 
     def _run(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         import json  # deferred to the first job, see the imports
