@@ -289,15 +289,20 @@ class WorkerPoolManager:
             log_dir = self._own_log_dir = Path(
                 tempfile.mkdtemp(prefix=f"clm-workers-{self.session_id[:8]}-")
             )
-        executors: dict[str, Executor] = {
-            "direct": DirectExecutor(
-                db_path=self.db_path.resolve(),
-                workspace_path=self.workspace_path.resolve(),
-                log_dir=log_dir,
-                log_level=self.log_level,
-                extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
-            ),
-        }
+        direct = DirectExecutor(
+            db_path=self.db_path.resolve(),
+            workspace_path=self.workspace_path.resolve(),
+            log_dir=log_dir,
+            log_level=self.log_level,
+            extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
+        )
+        executors: dict[str, Executor] = {}
+        if any(config.start_method == "forkserver" for config in self.worker_configs):
+            from .executors.forkserver import ForkServerExecutor
+
+            # Before "direct": closing executors in this order stops the templates first.
+            executors["forkserver"] = ForkServerExecutor(direct)
+        executors["direct"] = direct
         if any(config.execution_mode == "docker" for config in self.worker_configs):
             from .executors.docker import DockerExecutor  # the docker SDK only when used
 
