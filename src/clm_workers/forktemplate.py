@@ -43,6 +43,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from .launch import LIFELINE_ENV, keep_lifelines, run_module
@@ -189,11 +190,12 @@ def fork_hazards(own_fds: set[int]) -> list[str]:
     ``own_fds`` are the template's own descriptors, which are allowed.
     """
     hazards = []
-    tasks = _entries("/proc/self/task")
-    if len(tasks) > 1:
-        names = sorted(_read(f"/proc/self/task/{tid}/comm").strip() or tid for tid in tasks
-                       if int(tid) != os.getpid())
-        hazards.append(f"{len(tasks) - 1} thread(s) besides the main one are running ({', '.join(names)}): "
+    others = len(_entries("/proc/self/task")) - 1
+    if others > 0:
+        names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        if others > len(names):
+            names.append(f"{others - len(names)} not started by Python")
+        hazards.append(f"{others} thread(s) besides the main one are running ({', '.join(names)}): "
                        "forking would copy their locks but not them")
     for entry in _entries("/proc/self/fd"):
         fd = int(entry)
