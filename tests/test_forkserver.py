@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import clm_workers
+from clm_workers import MonitorSettings, RestartPolicy, WorkerConfig, open_worker_pool
 
 from clm_workers.errors import FatalExecutorError
 from clm_workers.executors.base import WorkerHandle
@@ -34,10 +37,14 @@ from clm_workers.executors.direct import DirectExecutor
 from clm_workers.executors.forkserver import ForkServerExecutor
 from clm_workers.launch import ORPHANED_EXIT_CODE
 from clm_workers.plan import WorkerSpec
-from procs import alive, wait_until
+from procs import alive, session_processes, wait_until
 from test_direct_executor import CRASHER, SLEEPER, TESTS_DIR, Dirs, make_spec
 
 ENVWORKER = "workers_for_tests.envworker"
+FAST_MONITOR = MonitorSettings(
+    interval=0.05, heartbeat_timeout=2.0, hung_timeout=3.5,
+    restart=RestartPolicy(backoff_initial=0.1, backoff_max=1.0, flap_limit=3, flap_window=30),
+)
 #: Where this interpreter's clm_workers comes from (an installed package or a source tree).
 SOURCE_DIR = str(Path(clm_workers.__file__).resolve().parent.parent)
 
@@ -362,3 +369,75 @@ def test_templates_workers_and_their_children_end_when_the_manager_is_killed(dir
             if alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+
+
+# -- a pool of forked workers under the monitor -------------------------------------------
+
+
+def forked_sim(count: int, **env: object) -> WorkerConfig:
+    env = {"CLM_HEARTBEAT_INTERVAL": "0.2", **{k: str(v) for k, v in env.items()}}
+    return WorkerConfig("notebook", count, module="clm_workers.sim", env=env, start_method="forkserver",
+                        preload=("clm_workers.worker",))
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def poll(predicate: Callable[[], Any], deadline: float) -> Any:
+    """The condition lives in other processes and the database: poll it, within ``deadline`` s."""
+    with trio.fail_after(deadline):
+        while not (value := predicate()):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return value
+
+
+def fork_server(pool: Any) -> ForkServerExecutor:
+    executor = pool.manager._backend.executors["forkserver"]
+    assert isinstance(executor, ForkServerExecutor)
+    return executor
+
+
+async def test_a_forked_worker_killed_during_a_job_is_replaced_by_a_forked_one(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    async with open_worker_pool(db, tmp_path, [forked_sim(2)], monitor=FAST_MONITOR) as pool:
+        await pool.wait_started()
+        assert {w.start_method for w in pool.report.started} == {"forkserver"}
+        template = template_pid(fork_server(pool))
+        (tmp_path / "slow.in").write_text("slow")
+        job = pool.manager.registry.submit_job("notebook", "slow.in", "slow.out", {"seconds": 1.0})
+        [(victim,)] = await poll(lambda: query(
+            db, "SELECT worker_id FROM jobs WHERE id = ? AND status = 'processing'", job), 10)
+        [handle] = [h for h in pool.manager._live.snapshot() if h.db_worker_id == victim]
+        os.kill(handle.pid, signal.SIGKILL)
+        [(worker, attempts)] = await poll(lambda: query(
+            db, "SELECT worker_id, attempts FROM jobs WHERE id = ? AND status = 'completed'", job), 15)
+        assert worker != victim and attempts == 2
+        await pool.wait_ready("notebook", 2)
+        handles = pool.manager._live.snapshot()
+        assert {h.start_method for h in handles} == {"forkserver"}
+        assert {parent_of(h.pid) for h in handles} == {template}  # the same template forked the replacement
+        [(message,)] = query(db, "SELECT message FROM worker_events WHERE event_type = 'worker_failed'"
+                                 " AND worker_id = ?", victim)
+        assert "exited with code -9" in message
+    assert session_processes(pool.manager.session_id) == []
+
+
+async def test_a_killed_template_s_workers_are_replaced_from_a_new_template(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    async with open_worker_pool(db, tmp_path, [forked_sim(2)], monitor=FAST_MONITOR) as pool:
+        await pool.wait_started()
+        first = [w.pid for w in pool.report.started]
+        template = template_pid(fork_server(pool))
+        os.kill(template, signal.SIGKILL)
+        await poll(lambda: pool.monitor.replacements == 2, 15)
+        await pool.wait_ready("notebook", 2)
+        assert not any(alive(pid) for pid in first)
+        handles = pool.manager._live.snapshot()
+        parents = {parent_of(h.pid) for h in handles}
+        assert len(parents) == 1 and parents != {template}
+        assert {h.start_method for h in handles} == {"forkserver"}
+        messages = [m for (m,) in query(db, "SELECT message FROM worker_events WHERE event_type = 'worker_failed'")]
+        assert len(messages) == 2 and all(f"exited with code {ORPHANED_EXIT_CODE}" in m for m in messages), messages
+    assert session_processes(pool.manager.session_id) == []
