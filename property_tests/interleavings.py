@@ -457,7 +457,8 @@ def check_accounting(run: Run) -> None:
 
 
 def check_timing(run: Run) -> None:
-    """4. No worker waits longer than its deadline (``registration_timeout`` of run time) after its spawn; total
+    """4. No worker waits longer than its deadline (``registration_timeout`` of run time) after its
+    spawn; total
     time is within the bound the scripts imply.
 
     This holds after a fatal error or a cancellation too: the engine stops a

@@ -104,7 +104,8 @@ MUTANTS = [
     Mutant(
         "no-last-look", "no last poll at the deadline: a worker that registered between two polls is killed",
         "src/clm_workers/startup.py",
-        "        if handle in last.registered:\n            return Registered(last.registered[handle], now), 0.0\n",
+        "        if handle in last.registered:\n"
+        "            return Registered(last.registered[handle], now), 0.0\n",
         "",
     ),
     Mutant(

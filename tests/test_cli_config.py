@@ -133,15 +133,40 @@ def test_status_and_stop_find_the_database_flag_env_then_file(tmp_path):
     assert resolve_database(None, flag=None, environ={}) is None
 
 
+def test_env_numbers_in_the_file_become_strings(tmp_path):
+    settings = load_settings(write_config(tmp_path, ONE_POOL + "env = { CLM_SIM_BOOT_DELAY = 0.5, N = 3 }\n"),
+                             environ={})
+    assert dict(settings.worker_configs[0].env) == {"CLM_SIM_BOOT_DELAY": "0.5", "N": "3"}
+
+
+def test_status_and_stop_read_only_the_database_of_the_file(tmp_path):
+    # A typo elsewhere in the file must not keep anyone from looking at (or stopping) a pool.
+    config = write_config(tmp_path, 'database = "mine.db"\nlog_dir = "logs"\n[startup]\nconcurency = 4\n'
+                          + ONE_POOL.replace("count = 2", "cuont = 2"))
+    assert resolve_database(config, flag=None, environ={}, shown_as="workers.toml") == (
+        tmp_path.resolve() / "mine.db", "database (workers.toml, line 1)")
+    from clm_workers.settings_file import resolve_log_dir
+
+    assert resolve_log_dir(config, flag=None) == tmp_path.resolve() / "logs"
+    result = clm_workers("status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"clm-workers: error: database (workers.toml, line 1): "
+                                            f"'{tmp_path.resolve() / 'mine.db'}' is not allowed; expected "
+                                            "the path of an existing CLM jobs database")
+    not_toml = write_config(tmp_path, "database = [\n", "broken.toml")
+    with pytest.raises(ConfigError, match=r"broken\.toml.*: not valid TOML"):
+        resolve_database(not_toml, flag=None, environ={}, shown_as="broken.toml")
+
+
 def test_a_module_that_python_cannot_run_is_refused_before_anything_starts(tmp_path):
     runnable = load_settings(write_config(tmp_path, ONE_POOL), environ={})
     check_modules(runnable)  # clm_workers.sim is installed
     (tmp_path / "my_worker.py").write_text("print('hi')\n")  # in the workspace: `python -m` finds it
     check_modules(load_settings(write_config(tmp_path, ONE_POOL.replace(SIM, "my_worker"), "w.toml"),
                                 environ={}))
-    package = load_settings(write_config(tmp_path, ONE_POOL.replace(SIM, "clm_workers"), "p.toml"),
+    package = load_settings(write_config(tmp_path, ONE_POOL.replace(SIM, "clm_workers.commands"), "p.toml"),
                             environ={})
-    with pytest.raises(ConfigError, match="'clm_workers' is not allowed"):
+    with pytest.raises(ConfigError, match="'clm_workers.commands' is not allowed"):
         check_modules(package)  # a package without __main__
     default = load_settings(write_config(
         tmp_path, 'clm_profile = "0.3"\n[[pools]]\ntype = "notebook"\ncount = 1\n', "d.toml"), environ={})
@@ -223,6 +248,18 @@ BAD_FILES = [
     pytest.param(
         "[startup]\nconcurrency = 4\n",
         r"pools \(workers\.toml\): missing; expected at least one \[\[pools\]\] table", id="no-pools"),
+    pytest.param(
+        ONE_POOL + 'mode = "docker"\nimage = "My Image:latest"\n',
+        r"pools\[0\]\.image \(workers\.toml, line 7\): 'My Image:latest' is not allowed; "
+        r"expected a Docker image reference such as 'clm-workers-sim:latest'", id="bad-image-reference"),
+    pytest.param(
+        ONE_POOL.replace('type = "notebook"', f'type = "{"n" * 65}"'),
+        r"pools\[0\]\.type \(workers\.toml, line 3\): 'n{65}' is not allowed; "
+        r"expected a name of up to 64 letters, digits", id="over-long-type"),
+    pytest.param(
+        ONE_POOL + "env = { VERBOSE = true }\n",
+        r"pools\[0\]\.env\.VERBOSE \(workers\.toml, line 6\): True is not allowed; "
+        r"expected a string, or a number \(converted to a string\)", id="env-bool"),
 ]
 
 

@@ -19,14 +19,15 @@ import uuid
 
 import docker
 import docker.errors
-import pytest
 
 from clitools import (
+    DOCKER_IMAGE,
     StartProcess,
     alive,
     clm_workers,
     db_rows,
     no_worker_left,
+    require_docker,
     session_of,
     sim_pools,
     statuses,
@@ -221,29 +222,8 @@ def test_stop_interrupts_a_library_manager_which_stops_its_pool_in_its_finally(t
     assert statuses(db) == ["dead", "dead"]
 
 
-def _docker_problem() -> str | None:
-    try:
-        client = docker.from_env(version="auto", timeout=10)
-    except docker.errors.DockerException as exc:
-        return f"no Docker engine is reachable ({exc})"
-    try:
-        client.api.inspect_image(DOCKER_IMAGE)
-    except docker.errors.ImageNotFound:
-        return f"the worker image {DOCKER_IMAGE} is missing; build it with `nox -s image`"
-    finally:
-        client.close()
-    return None
-
-
-DOCKER_IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
-
-
 def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
-    problem = _docker_problem()
-    if problem is not None:
-        if os.environ.get("CLM_REQUIRE_DOCKER_TESTS") == "1":
-            raise AssertionError(f"{problem} (CLM_REQUIRE_DOCKER_TESTS=1)")
-        pytest.skip(problem)
+    require_docker(DOCKER_IMAGE)
     write_config(tmp_path, f"""
         [[pools]]
         type = "notebook"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager
-from clm_workers import schema
+from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager, schema
 from clm_workers.clm.database import Kind, inspect_database, prepare_database
 from clm_workers.clm.installed import InstalledClm
 
 SIM = [WorkerConfig("notebook", 1, module="clm_workers.sim")]
 NO_CLM = InstalledClm(None)
+INSERT_WORKER = "INSERT INTO workers (worker_type, container_id, status) VALUES ('notebook', 'c', ?)"
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
@@ -95,15 +95,15 @@ def test_events_survive_a_worker_that_deleted_its_own_row(tmp_path: Path):
     registry.open()
     try:
         with sqlite3.connect(tmp_path / "jobs.db") as conn:
-            conn.execute("INSERT INTO workers (worker_type, container_id, status) VALUES ('notebook', 'c', 'idle')")
+            conn.execute(INSERT_WORKER, ("idle",))
             row = conn.execute("SELECT id FROM workers").fetchone()[0]
             conn.execute("DELETE FROM workers WHERE id = ?", (row,))
         registry.record_events([Event("worker_stopped", "notebook", row)])
     finally:
         registry.close()
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
-        assert conn.execute("SELECT worker_id FROM worker_events WHERE event_type = 'worker_stopped'").fetchall() \
-            == [(row,)]
+        stopped = "SELECT worker_id FROM worker_events WHERE event_type = 'worker_stopped'"
+        assert conn.execute(stopped).fetchall() == [(row,)]
 
 
 def test_a_job_of_a_worker_that_deleted_its_row_is_given_back(tmp_path: Path):
@@ -116,7 +116,7 @@ def test_a_job_of_a_worker_that_deleted_its_row_is_given_back(tmp_path: Path):
     try:
         job = registry.submit_job("notebook", "in.py", "out.ipynb")
         with sqlite3.connect(db) as conn:
-            conn.execute("INSERT INTO workers (worker_type, container_id, status) VALUES ('notebook', 'c', 'busy')")
+            conn.execute(INSERT_WORKER, ("busy",))
             row = conn.execute("SELECT id FROM workers").fetchone()[0]
             conn.execute("UPDATE jobs SET status = 'processing', worker_id = ?, attempts = 1 WHERE id = ?",
                          (row, job))

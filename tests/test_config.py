@@ -89,13 +89,14 @@ def test_the_auto_profile_follows_the_installed_clm():
 
 
 def test_an_unknown_profile_is_refused():
-    with pytest.raises(ConfigError, match="clm_profile: '2.0' is not allowed; expected one of 'auto', '0.3', '1.x'"):
+    expected = "clm_profile: '2.0' is not allowed; expected one of 'auto', '0.3', '1.x'"
+    with pytest.raises(ConfigError, match=expected):
         resolve_configs([WorkerConfig("notebook", 1)], "2.0")
 
 
 def test_a_module_this_python_cannot_run_is_refused_at_construction(tmp_path):
     with pytest.raises(ConfigError, match="a module that `.*` can run") as info:
-        WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module="no_such_worker")])
+        WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module="no_such")])
     assert info.value.setting == "module (worker 'notebook')"
     assert not (tmp_path / "jobs.db").exists()
 
@@ -108,12 +109,13 @@ def test_no_workers_at_all_is_refused(tmp_path):
 
 def test_a_database_in_a_missing_folder_is_refused_at_construction(tmp_path):
     with pytest.raises(ConfigError, match="does not exist") as info:
-        WorkerPoolManager(tmp_path / "nowhere" / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module=SIM)])
+        WorkerPoolManager(tmp_path / "no" / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module=SIM)])
     assert info.value.setting == "db_path"
 
 
 def manager(tmp_path, **kwargs):
-    return WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module=SIM)], **kwargs)
+    configs = [WorkerConfig("notebook", 1, module=SIM)]
+    return WorkerPoolManager(tmp_path / "jobs.db", tmp_path, configs, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -288,7 +288,8 @@ def test_missing_interpreter_raises_naming_the_command_and_leaves_nothing(
     executor = make_executor(python="/nonexistent/bin/python3")
     spec = make_spec(SLEEPER)
 
-    with pytest.raises(FatalExecutorError, match="/nonexistent/bin/python3 -m clm_workers.launch workers_for_tests"):
+    command = "/nonexistent/bin/python3 -m clm_workers.launch workers_for_tests"
+    with pytest.raises(FatalExecutorError, match=command):
         executor.start(spec)
     assert executor.handles == []
     assert not executor.log_path(spec).exists()

@@ -16,8 +16,6 @@ import textwrap
 import pytest
 import trio
 
-from clm_workers.clm.database import prepare_database
-from clm_workers.clm.installed import InstalledClm
 from clm_workers import (
     MonitorSettings,
     PoolNotReadyError,
@@ -26,6 +24,8 @@ from clm_workers import (
     WorkerPoolManager,
     open_worker_pool,
 )
+from clm_workers.clm.database import prepare_database
+from clm_workers.clm.installed import InstalledClm
 from procs import alive, session_processes, wait_until
 
 FAST_MONITOR = MonitorSettings(

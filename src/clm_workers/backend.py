@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 import trio
 
 from .errors import FatalExecutorError
-from .executors.base import Executor, WorkerHandle
+from .executors.base import Activity, Executor, WorkerHandle
 from .plan import WorkerSpec
 from .registry import Event, Registry
 
@@ -59,6 +59,10 @@ class StartupBackend(Protocol):
         ...
 
     async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]: ...
+
+    async def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        """CPU time and stopped state of each of ``handles`` that still runs (one call for many)."""
+        ...
 
     async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
         """Ask each worker to stop; returns the per-worker failures."""
@@ -164,6 +168,15 @@ class ThreadedBackend:
 
     async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
         return await trio.to_thread.run_sync(self._exit_codes_blocking, handles)
+
+    async def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        def blocking() -> dict[WorkerHandle, Activity]:
+            found: dict[WorkerHandle, Activity] = {}
+            for mode, group in _by_mode(handles, lambda handle: handle.spec.execution_mode).items():
+                found.update(self._executor(mode).activity(group))
+            return found
+
+        return await trio.to_thread.run_sync(blocking)
 
     async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
         return await self._each(handles, lambda h: self._executor(h.spec.executor_name).request_stop(h))

@@ -23,11 +23,26 @@ REGISTRATION_PROTOCOLS = ("pre", "self")
 SLOT_MODES = ("spawn", "registration")
 
 MAX_WORKERS_PER_CONFIG = 1000
+#: A worker type is part of every executor id, log file and container name: keep those well
+#: inside the file system's 255 bytes (CLM's types are 6 to 8 characters).
+MAX_WORKER_TYPE_LENGTH = 64
 
 _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _WORKER_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MEMORY_LIMIT = re.compile(r"[0-9]+[bkmgBKMG]?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Docker's image reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest],
+# or an image id.  Checked here so that a typo is bad input, not a failed start.
+_IMAGE_HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_HOST = rf"(?:{_IMAGE_HOST_PART}(?:\.{_IMAGE_HOST_PART})*(?::[0-9]+)?/)"
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"{_IMAGE_HOST}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+    r"|sha256:[0-9a-f]{64}"
+)
+MAX_IMAGE_NAME_LENGTH = 255
 
 SlotMode = Literal["spawn", "registration"]
 
@@ -60,11 +75,7 @@ class WorkerConfig:
     preload: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.worker_type, str) or not _WORKER_TYPE.fullmatch(self.worker_type):
-            raise ConfigError(
-                "worker_type", self.worker_type,
-                "a name of letters, digits, '_', '.', '-' such as 'notebook'",
-            )
+        check_worker_type("worker_type", self.worker_type)
         where = f"worker {self.worker_type!r}"
         if isinstance(self.count, bool) or not isinstance(self.count, int) or not (
             0 <= self.count <= MAX_WORKERS_PER_CONFIG
@@ -80,6 +91,15 @@ class WorkerConfig:
             raise ConfigError(
                 f"image ({where})", self.image,
                 "an image name such as 'clm-workers-sim:latest' when execution_mode is 'docker'",
+            )
+        if self.image is not None and not (
+            isinstance(self.image, str) and len(self.image) <= MAX_IMAGE_NAME_LENGTH
+            and _IMAGE_REFERENCE.fullmatch(self.image)
+        ):
+            raise ConfigError(
+                f"image ({where})", self.image,
+                "a Docker image reference such as 'clm-workers-sim:latest' or "
+                "'registry.example.com/team/worker:1.2' (lowercase name, optional :tag)",
             )
         if not isinstance(self.memory_limit, str) or not _MEMORY_LIMIT.fullmatch(self.memory_limit):
             raise ConfigError(
@@ -113,6 +133,15 @@ class WorkerConfig:
                 raise ConfigError(f"env ({where})", key, "variable names like 'LOG_LEVEL'")
             if not isinstance(value, str):
                 raise ConfigError(f"env[{key}] ({where})", value, "a string value")
+
+
+def check_worker_type(setting: str, value: object) -> None:
+    """Refuse a worker type that is not a short name of letters, digits, ``_``, ``.``, ``-``."""
+    allowed = (f"a name of up to {MAX_WORKER_TYPE_LENGTH} letters, digits, '_', '.', '-' "
+               "such as 'notebook'")
+    if not isinstance(value, str) or not _WORKER_TYPE.fullmatch(value) or len(value) > MAX_WORKER_TYPE_LENGTH:
+        raise ConfigError(setting, value, allowed)
+
 
 def require_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:

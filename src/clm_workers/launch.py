@@ -36,6 +36,7 @@ module simply runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import select
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> None:
             lifeline = int(fd)
             os.fstat(lifeline)
         except (ValueError, OSError):
-            print(f"clm_workers.launch: {LIFELINE_ENV}={fd!r} is not an open file descriptor", file=sys.stderr)
+            print(f"clm_workers.launch: {LIFELINE_ENV}={fd!r} is not an open file descriptor",
+                  file=sys.stderr)
             raise SystemExit(2) from None
         keep_lifelines([lifeline])
     run_module(module, args)
@@ -121,7 +123,7 @@ def _watch(lifelines: list[int], inner_write: int) -> None:
 
 
 def _has_children() -> bool:
-    """Whether this process has a child (``WNOWAIT``: nothing is reaped, the worker's own waits stay intact)."""
+    """Whether this process has a child (``WNOWAIT``: nothing is reaped; the worker's waits stay intact)."""
     try:
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
@@ -141,17 +143,13 @@ def _kill_descendants(pid: int) -> None:
     except psutil.Error:
         return
     for child in children:
-        try:
+        with contextlib.suppress(psutil.Error):
             child.kill()
-        except psutil.Error:
-            pass
 
 
 def _signal_group(group: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(group, sig)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from . import logfiles
 from .backend import ThreadedBackend
 from .clm.database import check_database
 from .clm.profile import resolve_configs, worker_environment
@@ -117,7 +116,9 @@ class WorkerPoolManager:
         )
         self.docker_network = resolve_docker_network(docker_network)
         if not any(config.count for config in worker_configs):
-            raise ConfigError("worker_configs", list(worker_configs), "at least one WorkerConfig with a count above 0")
+            raise ConfigError(
+                "worker_configs", list(worker_configs), "at least one WorkerConfig with a count above 0"
+            )
         self.worker_configs = resolve_configs(worker_configs, clm_profile)
         unrunnable = unrunnable_pool(self.worker_configs, self.workspace_path)
         if unrunnable is not None:
@@ -127,7 +128,9 @@ class WorkerPoolManager:
                 unrunnable_reason(self.workspace_path, defaulted=worker_configs[unrunnable].module is None),
             )
         check_database(self.db_path)
-        self.cache_db_path = Path(cache_db_path) if cache_db_path is not None else self.db_path.parent / "clm_cache.db"
+        self.cache_db_path = (
+            Path(cache_db_path) if cache_db_path is not None else self.db_path.parent / "clm_cache.db"
+        )
         self.log_level = log_level
         self.session_id = uuid.uuid4().hex
         self.report: StartupReport | None = None
@@ -286,9 +289,9 @@ class WorkerPoolManager:
     def _open_backend(self) -> ThreadedBackend:
         log_dir = self._log_dir
         if log_dir is None:
-            log_dir = self._own_log_dir = Path(
-                tempfile.mkdtemp(prefix=f"clm-workers-{self.session_id[:8]}-")
-            )
+            # Beside the database, one folder per session: findable (`clm-workers logs`)
+            # while the pool runs and after it stopped; pruned at _close.
+            log_dir = self._own_log_dir = logfiles.session_log_dir(self.db_path.resolve(), self.session_id)
         direct = DirectExecutor(
             db_path=self.db_path.resolve(),
             workspace_path=self.workspace_path.resolve(),
@@ -329,7 +332,8 @@ class WorkerPoolManager:
             executor.close()
         backend.registry.close()
         if self._own_log_dir is not None:
-            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            # This session's logs stay; those of sessions long gone do not pile up.
+            logfiles.prune(self.db_path.resolve())
             self._own_log_dir = None
 
 

@@ -62,7 +62,9 @@ def unrunnable_pool(configs: Sequence[WorkerConfig], workspace: Path) -> int | N
 
 def unrunnable_reason(workspace: Path, *, defaulted: bool) -> str:
     """The "allowed" half of the :class:`ConfigError` for an unrunnable module."""
-    default = " (the CLM default for its type: is CLM installed with this worker's extra?)" if defaulted else ""
+    default = ""
+    if defaulted:
+        default = " (the CLM default for its type: is CLM installed with this worker's extra?)"
     return (
         f"a module that `{Path(sys.executable).name} -m` can run{default}: it is not installed in "
         f"{sys.prefix} nor in the workspace {workspace}"

@@ -27,6 +27,26 @@ from .plan import WorkerSpec
 
 
 @dataclass(frozen=True)
+class RowHealth:
+    """What the database shows of one live worker, for the monitor (ages in seconds, UTC)."""
+
+    row_id: int
+    status: str
+    #: Since ``workers.last_heartbeat`` (CLM's workers write it only while idle).
+    heartbeat_age: float | None
+    #: The ``processing`` job the worker holds, and since its ``started_at``.
+    job_id: int | None = None
+    job_age: float | None = None
+    #: Since the worker's ``worker_heartbeats`` row (CLM's notebook workers stamp
+    #: it before each cell and on output); ``None`` without a row or the table.
+    progress_age: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.job_id is not None or self.status == "busy"
+
+
+@dataclass(frozen=True)
 class Event:
     """One ``worker_events`` row to write."""
 
@@ -202,24 +222,68 @@ class Registry:
         )
         return requeued
 
-    def stale_workers(self, older_than: float) -> list[tuple[int, str, float]]:
-        """``(id, status, seconds)`` of this session's idle/busy rows without a heartbeat
-        for more than ``older_than`` seconds.  Compared in SQLite, in UTC."""
+    def health(self, db_ids: Collection[int]) -> list[RowHealth]:
+        """The :class:`RowHealth` of each given row that is ``idle``, ``busy`` or ``hung``, in one query.
+
+        Every age is computed by SQLite (``julianday('now')``), so the naive
+        UTC of ``CURRENT_TIMESTAMP`` is never compared with local time.
+        ``worker_heartbeats`` is read where the database has it (CLM 1.9 and later).
+        """
+        age = "(julianday('now') - julianday({})) * 86400.0"
+        with self._lock:
+            db = self._db()
+            has_progress = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'worker_heartbeats'"
+            ).fetchone() is not None
+            progress, join = ("NULL", "")
+            if has_progress:
+                progress = age.format("h.heartbeat_at")
+                join = " LEFT JOIN worker_heartbeats h ON h.worker_id = w.id"
+            rows = db.execute(
+                f"SELECT w.id, w.status, {age.format('w.last_heartbeat')}, j.job_id,"
+                f" {age.format('j.started_at')}, {progress}"
+                " FROM workers w"
+                " LEFT JOIN (SELECT worker_id, MIN(id) AS job_id, MIN(started_at) AS started_at"
+                "   FROM jobs WHERE status = 'processing' GROUP BY worker_id) j ON j.worker_id = w.id"
+                f"{join}"
+                " WHERE w.id IN (SELECT value FROM json_each(?)) AND w.status IN ('idle', 'busy', 'hung')",
+                (json.dumps(list(db_ids)),),
+            ).fetchall()
+        return [
+            RowHealth(int(r[0]), str(r[1]), _float(r[2]), None if r[3] is None else int(r[3]),
+                      _float(r[4]), _float(r[5]))
+            for r in rows
+        ]
+
+    def flag_hung(self, db_ids: Collection[int]) -> list[int]:
+        """Set ``hung`` on those rows that are still ``idle`` or ``busy``; returns them.
+
+        Conditional, so that a worker that marked itself ``dead`` meanwhile stays dead.
+        """
         with self._lock:
             rows = self._db().execute(
-                "SELECT id, status, (julianday('now') - julianday(last_heartbeat)) * 86400.0"
-                " FROM workers WHERE session_id = ? AND status IN ('idle', 'busy', 'hung')"
-                " AND (julianday('now') - julianday(last_heartbeat)) * 86400.0 > ?",
-                (self.session_id, older_than),
+                "UPDATE workers SET status = 'hung' WHERE id IN (SELECT value FROM json_each(?))"
+                " AND status IN ('idle', 'busy') RETURNING id",
+                (json.dumps(list(db_ids)),),
             ).fetchall()
-        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+        return [int(r[0]) for r in rows]
 
-    def set_status(self, db_ids: Collection[int], status: str) -> None:
+    def clear_hung(self, db_ids: Collection[int]) -> list[int]:
+        """Give ``hung`` rows whose worker recovered their status back; returns them.
+
+        ``busy`` while the worker holds a ``processing`` job, else ``idle``,
+        decided in the same statement, so a job the worker finishes meanwhile
+        cannot leave it ``busy``.
+        """
         with self._lock:
-            self._db().execute(
-                "UPDATE workers SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (status, json.dumps(list(db_ids))),
-            )
+            rows = self._db().execute(
+                "UPDATE workers SET status = CASE WHEN EXISTS (SELECT 1 FROM jobs"
+                "   WHERE jobs.worker_id = workers.id AND jobs.status = 'processing')"
+                " THEN 'busy' ELSE 'idle' END"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'hung' RETURNING id",
+                (json.dumps(list(db_ids)),),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def clean_dead_sessions(self) -> dict[str, int]:
         """Retire the rows that managers which died left claiming live workers.
@@ -313,3 +377,7 @@ class Registry:
                 (json.dumps(list(job_ids)),),
             ).fetchall()
         return {int(r[0]): (str(r[1]), r[2]) for r in rows}
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .clm.generations import PROFILE_CHOICES
 from .clm.profile import resolve_configs
@@ -39,8 +39,9 @@ from .config import (
 )
 from .errors import ConfigError
 from .modules import unrunnable_pool, unrunnable_reason
-from .monitor import MonitorSettings
-from .restart import RestartPolicy
+
+if TYPE_CHECKING:  # the monitor imports trio: only load_settings needs it
+    from .monitor import MonitorSettings
 
 #: The file ``start`` (and ``status``/``stop``) read when no ``--config`` is given.
 DEFAULT_CONFIG_NAME = "workers.toml"
@@ -73,8 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspace", "path", ".", "an existing folder",
             "the workers' working folder (`WORKSPACE_PATH`)", flag="--workspace"),
     Setting("log_dir", "path", None, "a folder (created if missing)",
-            "keep each direct worker's output in `<executor id>.log` here (default: a temporary "
-            "folder, removed at stop)"),
+            "keep each direct worker's output in `<executor id>.log` here (default: "
+            "`<database>.logs/<session id>/`, kept for the last 10 sessions)"),
     Setting("worker_log_level", "choice", "INFO", "one of " + ", ".join(LOG_LEVELS),
             "`LOG_LEVEL` given to the workers", choices=LOG_LEVELS),
     Setting("clm_profile", "choice", "auto", "one of " + ", ".join(repr(c) for c in PROFILE_CHOICES),
@@ -113,6 +114,12 @@ SETTINGS: tuple[Setting, ...] = (
             "no heartbeat for this long makes a worker `hung`", minimum=1.0, maximum=86400.0),
     Setting("monitor.hung_timeout", "seconds", 30.0, "1-86400 s, at least heartbeat_timeout",
             "a worker silent for this long is killed and replaced", minimum=1.0, maximum=86400.0),
+    Setting("monitor.progress_timeout", "seconds", 300.0, "1-86400 s, at least heartbeat_timeout",
+            "a busy worker without CPU time or any heartbeat for this long is killed and replaced",
+            minimum=1.0, maximum=86400.0),
+    Setting("monitor.max_job_time", "seconds", 600.0, "1-86400 s",
+            "a job running for longer is given up: its worker is killed and replaced, the job "
+            "requeued (or failed after its attempts)", minimum=1.0, maximum=86400.0),
     Setting("monitor.restart.enabled", "bool", True, "true or false",
             "replace workers that die after registering"),
     Setting("monitor.restart.backoff_initial", "seconds", 0.5, "0-3600 s",
@@ -290,6 +297,10 @@ def load_settings(
     if hung < heartbeat:
         raise ConfigError(where("monitor.hung_timeout"), hung,
                           f"at least monitor.heartbeat_timeout ({heartbeat:g} s)")
+    progress = float(values["monitor.progress_timeout"])  # type: ignore[arg-type]
+    if progress < heartbeat:
+        raise ConfigError(where("monitor.progress_timeout"), progress,
+                          f"at least monitor.heartbeat_timeout ({heartbeat:g} s)")
     backoff_initial = float(values["monitor.restart.backoff_initial"])  # type: ignore[arg-type]
     backoff_max = float(values["monitor.restart.backoff_max"])  # type: ignore[arg-type]
     if backoff_max < backoff_initial:
@@ -310,10 +321,15 @@ def load_settings(
 
     configs, pool_locations = _pools(data, locator)
 
+    from .monitor import MonitorSettings
+    from .restart import RestartPolicy
+
     monitor = MonitorSettings(
         interval=monitor_interval,
         heartbeat_timeout=heartbeat,
         hung_timeout=hung,
+        progress_timeout=progress,
+        max_job_time=float(values["monitor.max_job_time"]),  # type: ignore[arg-type]
         restart=RestartPolicy(
             enabled=bool(values["monitor.restart.enabled"]),
             backoff_initial=backoff_initial,
@@ -357,11 +373,13 @@ def resolve_database(
     shown_as: str | None = None,
     cwd: Path | None = None,
 ) -> tuple[Path, str] | None:
-    """The database for ``status``/``stop``: ``--db`` > ``CLM_JOBS_DB_PATH`` > the file's ``database``.
+    """The database for ``status``/``stop``/``jobs``/``logs``/``submit``:
+    ``--db`` > ``CLM_JOBS_DB_PATH`` > the file's ``database``.
 
     Returns the path and where it came from (for messages), or ``None`` when
-    nothing names one.  Only the file's syntax and keys are checked here, not
-    its pools: ``status`` must work on any database.
+    nothing names one.  Of the file only ``database`` is read (and the file
+    must be valid TOML): a mistake elsewhere in it must not keep anyone from
+    looking at, or stopping, a pool.
     """
     environ = os.environ if environ is None else environ
     cwd = cwd or Path.cwd()
@@ -372,13 +390,35 @@ def resolve_database(
         return _absolute(Path(env_value), cwd), "database (env CLM_JOBS_DB_PATH)"
     if config_path is None:
         return None
+    found = _file_path(config_path, "database", shown_as)
+    assert found is not None  # database has a default
+    return found
+
+
+def resolve_log_dir(
+    config_path: Path | None, *, flag: str | None, shown_as: str | None = None, cwd: Path | None = None
+) -> Path | None:
+    """Where a pool wrote its workers' logs: ``--log-dir`` > the file's ``log_dir``; ``None``: the default
+    beside the database (:mod:`clm_workers.logfiles`).  Of the file only ``log_dir`` is read."""
+    if flag:
+        return _absolute(Path(os.path.expanduser(flag)), cwd or Path.cwd())
+    if config_path is None:
+        return None
+    found = _file_path(config_path, "log_dir", shown_as)
+    return None if found is None else found[0]
+
+
+def _file_path(config_path: Path, key: str, shown_as: str | None) -> tuple[Path, str] | None:
+    """One top-level path setting of the file (its default when absent), relative to the file's folder."""
     data, locator = read_config_file(config_path, shown_as)
-    _check_keys(data, locator)
-    raw = data.get("database", SETTINGS_BY_KEY["database"].default)
-    where = f"database ({locator.where(('database',))})"
+    default = SETTINGS_BY_KEY[key].default
+    raw = data.get(key, default)
+    if raw is None:
+        return None
+    where = f"{key} ({locator.where((key,))})"
     if not isinstance(raw, str) or not raw.strip():
-        raise ConfigError(where, raw, "a file path")
-    return _absolute(Path(raw), config_path.resolve().parent), where
+        raise ConfigError(where, raw, "a file path" if key == "database" else "a folder path")
+    return _absolute(Path(os.path.expanduser(raw)), config_path.resolve().parent), where
 
 
 # -- checks that need the machine ---------------------------------------------------
@@ -545,10 +585,11 @@ def _pools(
         if not isinstance(env, dict):
             raise ConfigError(f"pools[{index}].env ({locations[(index, 'env')]})", env,
                               "a table such as { CLM_SIM_BOOT_DELAY = \"1.0\" }")
-        env = {
-            k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-            for k, v in env.items()
-        }
+        for name, value in env.items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ConfigError(f"pools[{index}].env.{name} ({locations[(index, 'env')]})", value,
+                                  "a string, or a number (converted to a string)")
+        env = {k: v if isinstance(v, str) else str(v) for k, v in env.items()}
         try:
             configs.append(WorkerConfig(
                 worker_type=pool["type"],
@@ -717,4 +758,5 @@ __all__ = [
     "missing_setting",
     "read_config_file",
     "resolve_database",
+    "resolve_log_dir",
 ]

@@ -14,9 +14,13 @@ are set by the environment (on top of the runtime's variables):
 ``CLM_SIM_LIFETIME``
     seconds after its boot began at which it dies abruptly (a line on
     stderr, exit 4), registered or not: a worker that crashes in service.
+``CLM_SIM_QUIET_WHILE_BUSY``
+    ``1``: write no ``last_heartbeat`` while a job runs, like CLM's workers.
 
 A job copies ``input_file`` to ``output_file`` (relative to the workspace)
-after sleeping ``payload["seconds"]`` and returns ``{"bytes": n}``.
+after sleeping ``payload["seconds"]`` (no CPU) and after a child process
+computed for ``payload["child_cpu"]`` CPU seconds (as a Jupyter kernel does
+for a notebook worker), and returns ``{"bytes": n}``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ def handle(job: Job, ctx: WorkerContext) -> dict[str, Any]:
     seconds = float(job.payload.get("seconds", 0))
     if seconds > 0:
         time.sleep(seconds)
+    child_cpu = float(job.payload.get("child_cpu", 0))
+    if child_cpu > 0:
+        import subprocess  # deferred: only such jobs need it
+
+        burn = f"import time\nend = time.process_time() + {child_cpu}\nwhile time.process_time() < end: pass"
+        subprocess.run([sys.executable, "-c", burn], check=True)
     output = ctx.workspace / job.output_file
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
@@ -67,6 +77,13 @@ def _seconds(env: Mapping[str, str], name: str) -> float:
     if not 0 <= value < float("inf"):
         raise _SimConfigError(f"{name}: {text!r} is not allowed; expected a number of seconds >= 0")
     return value
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip()
+    if text not in ("", "0", "1"):
+        raise _SimConfigError(f"{name}: {text!r} is not allowed; expected 1, 0 or empty")
+    return text == "1"
 
 
 def make_boot(env: Mapping[str, str]) -> Callable[[threading.Event], None]:
@@ -114,10 +131,11 @@ def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     try:
         boot = make_boot(env)
+        quiet = _switch(env, "CLM_SIM_QUIET_WHILE_BUSY")
     except _SimConfigError as exc:
         sys.stderr.write(f"clm_workers.sim: {exc}\n")
         return 2
-    return run_worker(handle, boot=boot, env=env)
+    return run_worker(handle, boot=boot, env=env, heartbeat_while_busy=not quiet)
 
 
 if __name__ == "__main__":

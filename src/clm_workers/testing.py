@@ -22,7 +22,7 @@ import trio
 
 from .backend import Own, PollResult
 from .errors import FatalExecutorError
-from .executors.base import WorkerHandle
+from .executors.base import Activity, WorkerHandle
 from .plan import WorkerSpec
 from .registry import Event
 
@@ -63,6 +63,8 @@ class WorkerScript:
     #: The share of its time since spawn it waits for a CPU (a machine with
     #: more booting workers than cores): not charged to its registration deadline.
     cpu_wait_fraction: float = 0.0
+    #: CPU seconds its process tree uses per second while it runs (not while stopped).
+    cpu_per_second: float = 0.0
 
 
 @dataclass(eq=False)
@@ -82,6 +84,8 @@ class FakeWorker:
     registered_seen_at: float | None = None
     #: When it died by itself from outside its script (see :meth:`FakeBackend.die`).
     died_at: float | None = None
+    #: Since when it is stopped (SIGSTOP, a paused container; see :meth:`FakeBackend.freeze`).
+    stopped_at: float | None = None
     #: Between spawn start and registration (or its end): it holds a
     #: ``registration`` slot, as far as the fake can tell.
     booting: bool = False
@@ -100,6 +104,13 @@ class FakeWorker:
 
     def running(self, now: float) -> bool:
         return now < self.exit_time()
+
+    def cpu_seconds(self, now: float) -> float:
+        ran_until = now if self.stopped_at is None else min(now, self.stopped_at)
+        return self.script.cpu_per_second * max(0.0, ran_until - self.spawned_at)
+
+    def stopped(self, now: float) -> bool:
+        return self.stopped_at is not None and self.stopped_at <= now
 
     def registered_by(self, now: float) -> bool:
         after = self.script.register_after
@@ -210,6 +221,14 @@ class FakeBackend:
         now = trio.current_time()
         return {h: h.native.script.exit_code for h in handles if not h.native.running(now)}
 
+    async def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        return {
+            h: Activity(h.native.cpu_seconds(now), stopped=h.native.stopped(now))
+            for h in handles if h.native.running(now)
+        }
+
     async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
@@ -289,6 +308,11 @@ class FakeBackend:
         worker: FakeWorker = handle.native
         when = trio.current_time() if at is None else at
         worker.died_at = when if worker.died_at is None else min(worker.died_at, when)
+
+    def freeze(self, handle: WorkerHandle, at: float | None = None) -> None:
+        """Stop a worker (SIGSTOP, a paused container) from ``at`` (default: now) on; a kill still ends it."""
+        worker: FakeWorker = handle.native
+        worker.stopped_at = trio.current_time() if at is None else at
 
     def _boot(self, delta: int) -> None:
         self.booting += delta

@@ -409,9 +409,10 @@ class _Runtime:
     interrupted main thread may hold.
     """
 
-    def __init__(self, config: _Config, handler: Handler) -> None:
+    def __init__(self, config: _Config, handler: Handler, *, heartbeat_while_busy: bool = True) -> None:
         self.cfg = config
         self.handler = handler
+        self.heartbeat_while_busy = heartbeat_while_busy
         self.stopping = threading.Event()
         #: Set when the main thread has finished its cleanup.
         self.done = threading.Event()
@@ -694,6 +695,8 @@ class _Runtime:
             return
         try:
             while not self.done.wait(self.cfg.heartbeat_interval):
+                if not self.heartbeat_while_busy and self.current_job is not None:
+                    continue
                 try:
                     changed = conn.execute(_HEARTBEAT, (self.db_worker_id,)).rowcount
                 except sqlite3.Error as exc:
@@ -902,6 +905,7 @@ def run_worker(
     *,
     boot: Callable[[threading.Event], None] | None = None,
     env: Mapping[str, str] | None = None,
+    heartbeat_while_busy: bool = True,
 ) -> int:
     """Run a worker process until it is stopped; returns the process exit code.
 
@@ -909,6 +913,8 @@ def run_worker(
     ``boot(stopping)`` before registering, then runs ``handler`` for each
     claimed job on the calling thread, which must be the main thread for
     SIGTERM/SIGINT to be handled.  See the module docstring for the exit codes.
+    ``heartbeat_while_busy=False`` leaves ``last_heartbeat`` alone while a job
+    runs, as CLM's own workers do.
 
     Cancellation: before registration SIGTERM ends the process at once
     (``SystemExit`` out of ``boot``, returned as 143); afterwards the current
@@ -922,4 +928,4 @@ def run_worker(
         return EXIT_CONFIG
     log.level = _LEVELS[config.log_level]
     log.prefix = f"clm-worker[{config.worker_type}#{os.getpid()}]"
-    return _Runtime(config, handler).run(boot)
+    return _Runtime(config, handler, heartbeat_while_busy=heartbeat_while_busy).run(boot)

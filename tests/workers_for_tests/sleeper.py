@@ -3,7 +3,8 @@
 Report: ``$TEST_REPORT_DIR/<WORKER_ID>.json`` (written atomically) with its
 pid, process group, cwd, environment and every open fd (target and access
 mode).  With ``SLEEPER_GRANDCHILD=1`` it first starts a child of its own and
-reports that pid too (``=session``: in a session of its own, ignoring SIGTERM).  SIGTERM is left at its default (exit code -15).
+reports that pid too (``=session``: in a session of its own, ignoring
+SIGTERM).  SIGTERM is left at its default (exit code -15).
 On EOF on ``CLM_LIFELINE_FD`` it exits with code 0.
 """
 

@@ -2,8 +2,9 @@
 
 :func:`inspect_database` only reads (``immutable=1`` where SQLite has no log
 beside the file: no lock, and no ``-wal`` or ``-shm`` created), so a file
-that turns out not to be CLM's is left byte for byte as it was.  :func:`prepare_database` then lets the installed
-CLM's own ``init_database`` create or migrate it, as CLM would on its next
+that turns out not to be CLM's is left byte for byte as it was.
+:func:`prepare_database` then lets the installed CLM's own
+``init_database`` create or migrate it, as CLM would on its next
 connection; without CLM a new file gets :mod:`clm_workers.schema`'s copy of
 CLM's newest schema.  A version is never stamped on tables it does not
 describe: an existing file keeps its CLM tables and version as they are.
@@ -77,7 +78,8 @@ def inspect_database(path: Path) -> DatabaseState:
     missing = _CLM_TABLES - tables
     if missing:
         return DatabaseState(
-            Kind.FOREIGN, reason=f"it has no {', '.join(sorted(missing))} table (tables: {', '.join(sorted(tables))})"
+            Kind.FOREIGN,
+            reason=f"it has no {', '.join(sorted(missing))} table (tables: {', '.join(sorted(tables))})",
         )
     if not columns >= _WORKER_COLUMNS:
         return DatabaseState(
@@ -97,8 +99,12 @@ def _read_schema(path: Path, mode: str) -> tuple[set[str], set[str], int | None]
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         }
-        columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(workers)")} if "workers" in tables else set()
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone() if "schema_version" in tables else None
+        columns = set()
+        if "workers" in tables:
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(workers)")}
+        row = None
+        if "schema_version" in tables:
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     version = row[0] if row else None
     return tables, columns, version if isinstance(version, int) else None
 
@@ -106,7 +112,9 @@ def _read_schema(path: Path, mode: str) -> tuple[set[str], set[str], int | None]
 def check_database(db_path: Path, setting: str = "db_path") -> DatabaseState:
     """:func:`inspect_database`, with every refusal as a :class:`ConfigError` naming ``setting``."""
     if not db_path.parent.is_dir():
-        raise ConfigError(setting, str(db_path), f"a file in an existing folder ({db_path.parent} does not exist)")
+        raise ConfigError(
+            setting, str(db_path), f"a file in an existing folder ({db_path.parent} does not exist)"
+        )
     if db_path.is_dir():
         raise ConfigError(setting, str(db_path), "a file, not a folder")
     try:

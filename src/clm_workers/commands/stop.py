@@ -30,7 +30,6 @@ Rows without a session (workers CLM started itself) are never touched.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import os
 import signal
@@ -42,6 +41,15 @@ from pathlib import Path
 
 from .. import inventory
 from ..errors import ConfigError
+from ..processes import (
+    alive,
+    command_line,
+    kill_group,
+    runs_since,
+    session_processes,
+    signal_quietly,
+    wait_gone,
+)
 from ..registry import Event, Registry
 
 log = logging.getLogger(__name__)
@@ -159,7 +167,7 @@ def _wait_for_managers(
     escalate_at = t0 + timeout / 2
     while waiting and time.monotonic() < deadline:
         for session_id, pid in list(waiting.items()):
-            if not _alive(pid):
+            if not alive(pid):
                 del waiting[session_id]
                 results[session_id].seconds = round(time.monotonic() - t0, 3)
                 continue
@@ -167,16 +175,16 @@ def _wait_for_managers(
             if time.monotonic() >= escalate_at and "SIGTERM" not in result.signals:
                 report(f"clm-workers: session {session_id[:8]}: its manager ignored "
                        f"{result.signals[-1]}; sending SIGTERM")
-                _signal(pid, signal.SIGTERM)
+                signal_quietly(pid, signal.SIGTERM)
                 result.signals.append("SIGTERM")
         time.sleep(_POLL_SECONDS)  # polling a foreign process, bounded by the deadline
     for session_id, pid in waiting.items():
         report(f"clm-workers: session {session_id[:8]}: its manager (pid {pid}) did not stop "
                f"within {timeout:g} s; killing it")
-        _signal(pid, signal.SIGKILL)
+        signal_quietly(pid, signal.SIGKILL)
         results[session_id].signals.append("SIGKILL")
         results[session_id].manager_killed = True
-        _wait_gone([pid], KILL_WAIT_SECONDS)
+        wait_gone([pid], KILL_WAIT_SECONDS)
 
 
 def _clean_up(db_path: Path, session: inventory.SessionRow, result: SessionStop, report: Report) -> None:
@@ -191,13 +199,13 @@ def _clean_up(db_path: Path, session: inventory.SessionRow, result: SessionStop,
                 result.containers_removed = _remove_containers(db_path, sid)
             except Exception as exc:
                 problems.append(f"could not remove its containers: {exc}")
-        leftovers = _session_processes(sid)
+        leftovers = session_processes(sid)
         if leftovers:
-            leftovers = _wait_gone(leftovers, LIFELINE_WAIT_SECONDS)
+            leftovers = wait_gone(leftovers, LIFELINE_WAIT_SECONDS)
         for pid in leftovers:
-            _kill_group(pid)
+            kill_group(pid)
         if leftovers:
-            still = _wait_gone(leftovers, KILL_WAIT_SECONDS)
+            still = wait_gone(leftovers, KILL_WAIT_SECONDS)
             result.processes_killed = len(leftovers) - len(still)
             if still:
                 problems.append(f"processes {', '.join(map(str, still))} survived SIGKILL")
@@ -253,105 +261,14 @@ def _remove_containers(db_path: Path, session_id: str) -> list[str]:
         executor.close()
 
 
-# -- processes (Linux /proc) ---------------------------------------------------------
-
-
 def _is_manager(session: inventory.SessionRow) -> bool:
     """The session's pid runs and started before the session did (so it was not reused)."""
-    pid = session.pid
-    if pid is None or not _alive(pid):
-        return False
-    started = _process_start(pid)
-    session_start = _utc_epoch(session.started_at)
-    if started is None or session_start is None:
-        return True
-    return started <= session_start + 2.0
+    return runs_since(session.pid, session.started_at)
 
 
 def _is_clm_workers_cli(pid: int) -> bool:
     """Whether ``pid`` is ``clm-workers start`` (which stops cleanly on SIGTERM)."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    ours = any(a == b"clm-workers" or a.endswith(b"/clm-workers") or a == b"clm_workers.cli" for a in args)
+    args = command_line(pid)
+    ours = any(a == b"clm-workers" or a.endswith(b"/clm-workers") or a in (b"clm_workers.cli", b"clm_workers")
+               for a in args)
     return ours and b"start" in args
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _process_start(pid: int) -> float | None:
-    """When ``pid`` started, in seconds since the epoch."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def _utc_epoch(timestamp: str | None) -> float | None:
-    if not timestamp:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%d %H:%M:%S")))
-    except ValueError:
-        return None
-
-
-def _session_processes(session_id: str) -> list[int]:
-    """Pids of this host's processes (in our pid namespace) that carry ``CLM_SESSION_ID=session_id``."""
-    marker = f"CLM_SESSION_ID={session_id}".encode()
-    try:
-        our_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        our_ns = None
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if our_ns is not None and os.readlink(entry / "ns" / "pid") != our_ns:
-                continue  # a container's process: removed with its container
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def _wait_gone(pids: list[int], seconds: float) -> list[int]:
-    """Wait (bounded) until the processes have exited; those still alive."""
-    deadline = time.monotonic() + seconds
-    alive = [p for p in pids if _alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(_POLL_SECONDS)  # polling foreign processes, bounded by the deadline
-        alive = [p for p in alive if _alive(p)]
-    return alive
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL a worker and its children: a direct worker leads its own process group."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-            return
-    except (ProcessLookupError, PermissionError):
-        pass
-    _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, signum: signal.Signals) -> None:
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError) as exc:
-        log.debug("cannot send %s to %d: %s", signum.name, pid, exc)

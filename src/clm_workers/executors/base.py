@@ -38,6 +38,17 @@ class WorkerHandle:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Activity:
+    """What a running worker is doing right now, as its executor sees it (for the monitor)."""
+
+    #: User + system CPU seconds of the worker's whole process tree (a Jupyter
+    #: kernel included) or container so far; ``None`` when it cannot be measured.
+    cpu_seconds: float | None
+    #: The worker cannot run: stopped by SIGSTOP or a debugger, or a paused container.
+    stopped: bool = False
+
+
 class Executor(Protocol):
     def check(self, specs: Sequence[WorkerSpec]) -> None:
         """Preflight, once per pool start and before any :meth:`start`: fail fast.
@@ -60,6 +71,14 @@ class Executor(Protocol):
 
     def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
         """The exit code of each handle whose process has ended (one call for many)."""
+        ...
+
+    def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        """CPU time and stopped state of each handle that still runs (one call for many).
+
+        Handles whose process has ended are left out.  Blocking; the monitor
+        calls it once per tick for the busy workers.
+        """
         ...
 
     def request_stop(self, handle: WorkerHandle) -> None:

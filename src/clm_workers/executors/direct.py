@@ -38,7 +38,7 @@ from pathlib import Path
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
 from ..proctree import ProcessTree
-from .base import WorkerHandle, protocol_environment
+from .base import Activity, WorkerHandle, protocol_environment
 
 __all__ = ["DirectExecutor", "LIFELINE_ENV", "kill_tree", "tail", "terminate_tree", "wait_descendants_gone"]
 
@@ -145,6 +145,22 @@ class DirectExecutor:
             if code is not None:
                 codes[handle] = code
         return codes
+
+    def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        """CPU time of each running worker's process tree, and whether the worker is stopped.
+
+        Non-blocking beyond reading ``/proc``; handles that exited are left out.
+        """
+        found: dict[WorkerHandle, Activity] = {}
+        for handle in handles:
+            if _popen(handle).poll() is not None:
+                continue
+            tree = handle.tree
+            if tree is None:  # the tree could not be made at spawn: nothing to measure
+                found[handle] = Activity(cpu_seconds=None)
+            else:
+                found[handle] = Activity(cpu_seconds=tree.cpu_seconds(), stopped=tree.stopped())
+        return found
 
     def request_stop(self, handle: WorkerHandle) -> None:
         """SIGTERM to the worker's process group and to every descendant outside it.

@@ -51,7 +51,7 @@ import requests.exceptions
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
 from ..proctree import ProcessTree
-from .base import WorkerHandle, protocol_environment
+from .base import Activity, WorkerHandle, protocol_environment
 
 __all__ = [
     "CONTAINER_DB_DIR",
@@ -300,6 +300,29 @@ class DockerExecutor:
                     codes[handle] = code
         return codes
 
+    def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        """CPU time of each running container (every process in it), and whether it is paused.
+
+        One ``containers/json`` call per session (shared with :meth:`exit_codes`)
+        for the states.  The CPU time comes from the container's processes
+        where the engine runs on this host, else from one one-shot ``stats``
+        call per container.  Containers that ended or are gone are left out.
+        """
+        found: dict[WorkerHandle, Activity] = {}
+        by_session: dict[str, list[WorkerHandle]] = {}
+        for handle in handles:
+            by_session.setdefault(handle.spec.session_id, []).append(handle)
+        for session_id, group in by_session.items():
+            _, states = self._listing(session_id)
+            for handle in group:
+                state = states.get(handle.executor_id)
+                if state not in ("running", "paused"):
+                    continue
+                tree = self._host_tree(handle)
+                cpu = tree.cpu_seconds() if tree is not None else self._cpu_seconds(handle.executor_id)
+                found[handle] = Activity(cpu, stopped=state == "paused")
+        return found
+
     def request_stop(self, handle: WorkerHandle) -> None:
         """Send SIGTERM (through the init process) to the worker; returns at once; idempotent."""
         try:
@@ -529,6 +552,17 @@ class DockerExecutor:
             listing = (now, {str(c["Id"]): str(c.get("State", "")) for c in found})
             self._listings[session_id] = listing
             return listing
+
+    def _cpu_seconds(self, container_id: str) -> float | None:
+        """The container's CPU time so far, as the engine counts it; ``None`` when it does not tell."""
+        try:
+            # one_shot: the current counters at once, not two samples a second apart.
+            stats = self._client().api.stats(container_id, stream=False, one_shot=True)
+            return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+        except (docker.errors.DockerException, requests.exceptions.RequestException, KeyError, TypeError,
+                ValueError) as exc:
+            log.debug("no CPU time for container %s: %s", container_id[:12], exc)
+            return None
 
     def _inspect_exit_code(self, container_id: str) -> int | None:
         try:
