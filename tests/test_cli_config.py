@@ -230,7 +230,8 @@ BAD_FILES = [
     pytest.param(
         ONE_POOL + "cuont = 3\n",
         r"workers\.toml, line 6: unknown setting 'pools\[0\]\.cuont'; did you mean 'count'\? "
-        r"\(allowed in \[\[pools\]\]: count, env, image, memory, mode, module, preload, registration, start_method, "
+        r"\(allowed in \[\[pools\]\]: count, env, image, memory, mode, module, preload, registration, "
+        r"start_method, "
         r"type\)",
         id="unknown-key"),
     pytest.param(

@@ -30,7 +30,8 @@ SIM = "clm_workers.sim"
         ({"start_method": "forkserver", "execution_mode": "docker", "image": "i"},
          "start_method (worker 'notebook')", "'spawn' when execution_mode is 'docker'"),
         ({"preload": "clm.workers"}, "preload (worker 'notebook')", "a list of dotted Python module names"),
-        ({"preload": ["ok", "not ok"]}, "preload (worker 'notebook')", "a list of dotted Python module names"),
+        ({"preload": ["ok", "not ok"]}, "preload (worker 'notebook')",
+         "a list of dotted Python module names"),
     ],
 )
 def test_worker_config_rejects(kwargs, setting, allowed):

@@ -30,7 +30,6 @@ import trio
 
 import clm_workers
 from clm_workers import MonitorSettings, RestartPolicy, WorkerConfig, open_worker_pool
-
 from clm_workers.errors import FatalExecutorError
 from clm_workers.executors.base import WorkerHandle
 from clm_workers.executors.direct import DirectExecutor
@@ -141,7 +140,8 @@ def test_a_forked_worker_leads_its_own_group_with_its_own_environment_cwd_and_de
         assert len(inner_pipe) == 2 and len(others) == 2, fds
         lifeline_target = f"pipe:[{os.fstat(executor.direct.lifeline_fd).st_ino}]"
         assert fds[str(executor.direct.lifeline_fd)] == {"target": lifeline_target, "accmode": os.O_RDONLY}
-        assert all(fd["target"].startswith("pipe:") and fd["accmode"] == os.O_RDONLY for fd in others.values())
+        assert all(fd["target"].startswith("pipe:") and fd["accmode"] == os.O_RDONLY
+                   for fd in others.values())
         assert not any(fd["target"].startswith("socket:") for fd in fds.values())
         assert fds["1"]["target"] == fds["2"]["target"] == str(executor.direct.log_path(spec))
         assert fds["0"]["target"] == os.devnull
@@ -214,7 +214,9 @@ def test_request_stop_and_kill(executor: Tracking, dirs: Dirs) -> None:
     executor.kill(killed)
 
 
-def test_kill_takes_children_in_the_group_and_in_a_session_of_their_own(executor: Tracking, dirs: Dirs) -> None:
+def test_kill_takes_children_in_the_group_and_in_a_session_of_their_own(
+    executor: Tracking, dirs: Dirs
+) -> None:
     in_group = executor.start(forked_spec(SLEEPER, 0, env={"SLEEPER_GRANDCHILD": "1"}))
     in_session = executor.start(forked_spec(SLEEPER, 1, env={"SLEEPER_GRANDCHILD": "session"}))
     children = [dirs.report(h)["grandchild_pid"] for h in (in_group, in_session)]
@@ -226,7 +228,9 @@ def test_kill_takes_children_in_the_group_and_in_a_session_of_their_own(executor
     wait_until(lambda: not any(alive(pid) for pid in children), 2, "the workers' children to die with them")
 
 
-def test_closing_the_lifeline_ends_templates_workers_and_their_children(executor: Tracking, dirs: Dirs) -> None:
+def test_closing_the_lifeline_ends_templates_workers_and_their_children(
+    executor: Tracking, dirs: Dirs
+) -> None:
     handle = executor.start(forked_spec(SLEEPER, env={"SLEEPER_GRANDCHILD": "session"}))
     grandchild = dirs.report(handle)["grandchild_pid"]
     template = template_pid(executor)
@@ -241,7 +245,8 @@ def test_closing_the_lifeline_ends_templates_workers_and_their_children(executor
 def test_a_killed_template_takes_its_workers_and_the_next_start_forks_from_a_new_one(
     executor: Tracking, dirs: Dirs
 ) -> None:
-    handles = [executor.start(forked_spec(SLEEPER, i, env={"SLEEPER_GRANDCHILD": "session"})) for i in range(3)]
+    with_child = {"SLEEPER_GRANDCHILD": "session"}
+    handles = [executor.start(forked_spec(SLEEPER, i, env=with_child)) for i in range(3)]
     children = [dirs.report(h)["grandchild_pid"] for h in handles]
     template = template_pid(executor)
 
@@ -262,7 +267,8 @@ def test_a_killed_template_takes_its_workers_and_the_next_start_forks_from_a_new
 
 
 @pytest.mark.parametrize(("preload", "reason"), [
-    ("workers_for_tests.no_such_module", "cannot preload workers_for_tests.no_such_module: ModuleNotFoundError"),
+    ("workers_for_tests.no_such_module",
+     "cannot preload workers_for_tests.no_such_module: ModuleNotFoundError"),
     ("workers_for_tests.hazard_thread", "thread(s) besides the main one are running (import-time-thread)"),
     ("workers_for_tests.hazard_socket", "an open socket"),
     ("workers_for_tests.hazard_sqlite", "an open SQLite database"),
@@ -438,6 +444,8 @@ async def test_a_killed_template_s_workers_are_replaced_from_a_new_template(tmp_
         parents = {parent_of(h.pid) for h in handles}
         assert len(parents) == 1 and parents != {template}
         assert {h.start_method for h in handles} == {"forkserver"}
-        messages = [m for (m,) in query(db, "SELECT message FROM worker_events WHERE event_type = 'worker_failed'")]
-        assert len(messages) == 2 and all(f"exited with code {ORPHANED_EXIT_CODE}" in m for m in messages), messages
+        failed = query(db, "SELECT message FROM worker_events WHERE event_type = 'worker_failed'")
+        messages = [message for (message,) in failed]
+        assert len(messages) == 2, messages
+        assert all(f"exited with code {ORPHANED_EXIT_CODE}" in m for m in messages), messages
     assert session_processes(pool.manager.session_id) == []

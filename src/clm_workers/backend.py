@@ -172,7 +172,7 @@ class ThreadedBackend:
     async def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
         def blocking() -> dict[WorkerHandle, Activity]:
             found: dict[WorkerHandle, Activity] = {}
-            for mode, group in _by_mode(handles, lambda handle: handle.spec.execution_mode).items():
+            for mode, group in _by_mode(handles, lambda handle: handle.spec.executor_name).items():
                 found.update(self._executor(mode).activity(group))
             return found
 

@@ -34,6 +34,7 @@ threads can leave locks held forever in the child.  Linux only (``/proc``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -127,7 +128,9 @@ def serve(control_fd: int, preload: list[str]) -> _ChildOrder | None:
     signal.signal(signal.SIGCHLD, _on_child_exit)
     signal.set_wakeup_fd(wake_write)
     pending = b""
-    watched: list[int] = [control.fileno(), wake_read, *([lifeline] if lifeline is not None else [])]
+    manager = [lifeline] if lifeline is not None else []
+    lifelines = [*manager, template_read]  # what each worker watches
+    watched = [control.fileno(), wake_read, *manager]
     while True:
         try:
             ready, _, _ = select.select(watched, [], [])
@@ -146,8 +149,7 @@ def serve(control_fd: int, preload: list[str]) -> _ChildOrder | None:
                 pending += data
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    order = _fork(json.loads(line), control, own, [*([lifeline] if lifeline is not None else []),
-                                                                  template_read])
+                    order = _fork(json.loads(line), control, own, lifelines)
                     if order is not None:
                         _leave_template(control, [template_write, wake_read, wake_write])
                         return order
@@ -208,7 +210,8 @@ def fork_hazards(own_fds: set[int]) -> list[str]:
         if target.startswith("socket:"):
             hazards.append(f"an open socket (fd {fd}): the workers would share it")
         elif _is_sqlite(fd, target):
-            hazards.append(f"an open SQLite database (fd {fd}: {target}): the workers would share the connection")
+            hazards.append(f"an open SQLite database (fd {fd}: {target}): "
+                           "the workers would share the connection")
         else:
             hazards.append(f"an open file (fd {fd}: {target}): a forked worker closes what it inherits")
     return hazards
@@ -282,10 +285,10 @@ def _fork(request: dict[str, object], control: socket.socket, own: set[int],
     pid = os.fork()
     if pid == 0:
         return _ChildOrder(request, log_fd, lifelines)
-    try:
-        os.setpgid(pid, pid)  # the child does it too: whoever is first, no signal finds it in ours
-    except OSError:
-        pass  # it already did (or already exec'd, or exited): fine either way
+    # The child does it too: whoever is first, no signal finds it in ours.  An
+    # error means it already did (or exec'd, or exited): fine either way.
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
     os.close(log_fd)
     _send(control, {"op": "forked", "id": ident, "pid": pid})
     return None
@@ -301,10 +304,8 @@ def _leave_template(control: socket.socket, fds: list[int]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     control.close()
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 # -- the forked worker -------------------------------------------------------------------
@@ -317,10 +318,8 @@ def become_worker(order: _ChildOrder) -> None:
     with its exit code), so the interpreter ends the way ``python -m`` would.
     """
     request = order.request
-    try:
+    with contextlib.suppress(OSError):  # the template made it the leader already
         os.setpgid(0, 0)
-    except OSError:
-        pass  # the template made it the leader already
     os.dup2(order.log_fd, 1)
     os.dup2(order.log_fd, 2)
     null = os.open(os.devnull, os.O_RDONLY)

@@ -63,9 +63,10 @@ class StartupReport:
     def notes(self) -> list[str]:
         """Each distinct note of the workers (a fork server that fell back to spawn, and why), by type."""
         seen: dict[str, None] = {}
-        for worker in [*self.started, *self.failed]:
-            if worker.note:
-                seen.setdefault(f"{worker.worker_type}: {worker.note}")
+        for worker_type, note in [*((w.worker_type, w.note) for w in self.started),
+                                  *((f.worker_type, f.note) for f in self.failed)]:
+            if note:
+                seen.setdefault(f"{worker_type}: {note}")
         return list(seen)
 
     def summary(self) -> str:

@@ -109,14 +109,22 @@ class DirectExecutor:
         :class:`RuntimeError` for any other spawn failure or after
         :meth:`close`.  On error no process is left behind.
         """
-        popen = self.spawn_process(spec.label, self.command(spec), self.environment(spec), self.log_path(spec))
+        popen = self.spawn_process(
+            spec.label, self.command(spec), self.environment(spec), self.log_path(spec)
+        )
         return WorkerHandle(
             spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid,
             tree=ProcessTree(popen.pid),
         )
 
     def spawn_process(
-        self, label: str, cmd: list[str], env: Mapping[str, str], log_path: Path, *, pass_fds: Sequence[int] = ()
+        self,
+        label: str,
+        cmd: list[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        pass_fds: Sequence[int] = (),
     ) -> subprocess.Popen[bytes]:
         """Spawn ``cmd`` as a worker is spawned: its own group, the lifeline, output to ``log_path``.
 

@@ -58,8 +58,8 @@ from ..errors import FatalExecutorError
 from ..launch import ORPHANED_EXIT_CODE
 from ..plan import WorkerSpec
 from ..proctree import ProcessTree
-from .base import WorkerHandle
-from .direct import DirectExecutor, KILL_REAP_TIMEOUT, kill_tree, tail, terminate_tree, wait_descendants_gone
+from .base import Activity, WorkerHandle
+from .direct import KILL_REAP_TIMEOUT, DirectExecutor, kill_tree, tail, terminate_tree, wait_descendants_gone
 
 __all__ = ["ForkServerExecutor", "PER_WORKER_VARIABLES", "TemplateInfo"]
 
@@ -157,6 +157,18 @@ class ForkServerExecutor:
                 if code is not None:
                     codes[handle] = code
         return codes
+
+    def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
+        """CPU time of each running worker's process tree, and whether it is stopped."""
+        found = self.direct.activity([h for h in handles if isinstance(h.native, subprocess.Popen)])
+        for handle in handles:
+            worker = handle.native
+            if not isinstance(worker, _Forked) or worker.exit_code() is not None:
+                continue
+            tree = handle.tree
+            found[handle] = (Activity(cpu_seconds=None) if tree is None
+                             else Activity(cpu_seconds=tree.cpu_seconds(), stopped=tree.stopped()))
+        return found
 
     def request_stop(self, handle: WorkerHandle) -> None:
         """SIGTERM to the worker's group and its descendants; returns at once; idempotent."""
@@ -346,7 +358,8 @@ class _Template:
             raise FatalExecutorError(f"cannot create the log folder {log_path.parent}: {exc}") from exc
         request = {
             "op": "fork", "id": ident, "module": spec.module, "args": [],
-            "env": self.direct.environment(spec), "cwd": str(self.direct.workspace_path), "log": str(log_path),
+            "env": self.direct.environment(spec), "cwd": str(self.direct.workspace_path),
+            "log": str(log_path),
         }
         try:
             with self._send_lock:
@@ -414,7 +427,8 @@ class _Template:
         with self.cond:
             if self.state in ("starting", "ready"):
                 self.state = "dead"
-                self.reason = self.reason or tail(self.log_path, 5) or f"its template ended ({self.death_notice()})"
+                self.reason = (self.reason or tail(self.log_path, 5)
+                               or f"its template ended ({self.death_notice()})")
                 if self._live:
                     log.error("the fork server of %s workers (pid %s) died; its %d workers stop with it",
                               self.worker_type, self.popen.pid, len(self._live))
@@ -428,7 +442,7 @@ class _Template:
             elif op == "unavailable":
                 self.state, self.reason = "unavailable", str(message.get("reason", ""))
             elif op == "forked":
-                pid, ident = int(message["pid"]), str(message["id"])  # type: ignore[call-overload]
+                pid, ident = int(str(message["pid"])), str(message["id"])
                 worker = self._live[pid] = _Forked(self, pid)
                 if ident in self._abandoned:
                     self._abandoned.discard(ident)
@@ -438,7 +452,7 @@ class _Template:
             elif op == "refused":
                 self._replies[str(message["id"])] = message
             elif op == "exit":
-                worker = self._live.pop(int(message["pid"]), None)  # type: ignore[call-overload]
-                if worker is not None:
-                    worker.code = int(message["code"])  # type: ignore[call-overload]
+                ended = self._live.pop(int(str(message["pid"])), None)
+                if ended is not None:
+                    ended.code = int(str(message["code"]))
             self.cond.notify_all()
