@@ -1,4 +1,4 @@
-"""The bench's real-CLM scenario, on the smallest cell: every strategy's workers all get idle, and are measured."""
+"""The bench's real-CLM scenario on its smallest cell: every strategy's workers get idle and are measured."""
 
 from __future__ import annotations
 
