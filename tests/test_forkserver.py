@@ -125,7 +125,7 @@ def test_a_forked_worker_leads_its_own_group_with_its_own_environment_cwd_and_de
         assert handle.start_method == "forkserver" and handle.note == ""
         assert parent_of(handle.pid) == template != os.getpid()  # forked, not spawned
         report = dirs.report(handle)
-        assert report["pid"] == report["pgid"] == handle.pid
+        assert report["pid"] == report["pgid"] == handle.pid == os.getsid(handle.pid)  # a session of its own
         assert report["cwd"] == str(dirs.workspace)
         env = report["env"]
         assert env == {**executor.direct.environment(spec), "CLM_LIFELINE_FD": env["CLM_LIFELINE_FD"]}

@@ -9,7 +9,7 @@ freezes the garbage collector's view of everything it imported (so the pages
 stay shared with every worker), and then forks one worker per request.
 
 Each forked worker becomes what ``python -m clm_workers.launch MODULE`` would
-have been: its own process group, its own log file as stdout and stderr,
+have been: its own session and process group, its own log file as stdout and stderr,
 stdin from ``/dev/null``, the working folder and the whole environment of the
 request, every other inherited descriptor closed, ``random`` reseeded; then
 the lifeline keeper of :mod:`clm_workers.launch`, watching the manager's
@@ -282,14 +282,21 @@ def _fork(request: dict[str, object], control: socket.socket, own: set[int],
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # else the child would write the template's buffered output again
     gc.freeze()
+    led_read, led_write = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # A session (and so a process group) of its own, as a spawned worker
+        # and CLM's own workers have; then tell the template.
+        os.setsid()
+        os.close(led_write)
+        os.close(led_read)
         return _ChildOrder(request, log_fd, lifelines)
-    # The child does it too: whoever is first, no signal finds it in ours.  An
-    # error means it already did (or exec'd, or exited): fine either way.
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)
+    os.close(led_write)
     os.close(log_fd)
+    # Answer only once the child leads its group: a stop sent at once must
+    # reach it by its group, not miss it in the template's.
+    os.read(led_read, 1)
+    os.close(led_read)
     _send(control, {"op": "forked", "id": ident, "pid": pid})
     return None
 
@@ -318,8 +325,6 @@ def become_worker(order: _ChildOrder) -> None:
     with its exit code), so the interpreter ends the way ``python -m`` would.
     """
     request = order.request
-    with contextlib.suppress(OSError):  # the template made it the leader already
-        os.setpgid(0, 0)
     os.dup2(order.log_fd, 1)
     os.dup2(order.log_fd, 2)
     null = os.open(os.devnull, os.O_RDONLY)

@@ -6,9 +6,14 @@ about the database.
 
 Two choices shape this module (see DESIGN.md):
 
-* Each worker leads its own process group (``process_group=0``, which, unlike
-  ``preexec_fn``, is safe when many threads spawn at once).  Stop and kill
-  signal the whole group, so a worker's own children go with it.
+* Each worker leads its own session, and so its own process group
+  (``start_new_session``, which, unlike ``preexec_fn``, is safe when many
+  threads spawn at once).  Stop and kill signal the whole group, so a
+  worker's own children go with it.  A session of its own also gives each
+  worker its own share of the CPU where the kernel groups scheduling by
+  session (Linux's autogroup), as CLM's own executor does (``setsid``):
+  otherwise, on a machine busy with other sessions, a whole pool would get
+  one session's share.
 * Orphan protection is a *lifeline*: one pipe per executor whose write end only
   this process holds and never writes to.  Every worker inherits the read end
   (its number is in ``CLM_LIFELINE_FD``) and sees EOF when the manager dies
@@ -292,7 +297,7 @@ class DirectExecutor:
                 stderr=log_file,
                 close_fds=True,
                 pass_fds=(self._lifeline_read, *pass_fds),
-                process_group=0,
+                start_new_session=True,
             )
         except BaseException as exc:
             if created_log:
