@@ -146,6 +146,7 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     plt = importlib.import_module("matplotlib.pyplot")
     cells = data["cells"]
+    sizes = sorted({c["workers"] for c in cells})
     fig, (walls, memory) = plt.subplots(1, 2, figsize=(12, 4.6))
     for strategy in STRATEGIES:
         mine = sorted((c for c in cells if c["strategy"] == strategy), key=lambda c: c["workers"])
@@ -158,18 +159,20 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
         style = _STYLE[strategy]
         label = _LABELS[strategy].replace("`", "")
         walls.errorbar(xs, mid, yerr=err, label=label, capsize=3, linewidth=1.6, **style)
-        walls.plot(xs, [c["bound"] for c in mine], linestyle="--", color=style["color"], linewidth=1,
-                   label=f"bound ({strategy})" if strategy != "clm" else "bound (spawn)")
-        memory.bar([x + {"clm": -1.6, "spawn": 0.0, "forkserver": 1.6}[strategy] for x in xs],
-                   [c["worker_pss"] for c in mine], width=1.5, color=style["color"], label=label)
+        if strategy != "clm":  # CLM's bound is spawn's: one line
+            walls.plot(xs, [c["bound"] for c in mine], linestyle="--", color=style["color"], linewidth=1,
+                       label=f"bound ({strategy})")
+        offset = {"clm": -0.27, "spawn": 0.0, "forkserver": 0.27}[strategy]
+        memory.bar([sizes.index(x) + offset for x in xs], [c["worker_pss"] for c in mine], width=0.25,
+                   color=style["color"], label=label)
     walls.set(xlabel="real notebook workers (N)", ylabel="seconds until every row is idle",
               title=f"CLM {data['clm_version']}: start to all-idle ({data['machine']['cores']} cores)")
-    walls.set_xticks(sorted({c["workers"] for c in cells}))
+    walls.set_xticks(sizes)
     walls.grid(alpha=0.3)
     walls.legend(fontsize=8)
     memory.set(xlabel="real notebook workers (N)", ylabel="PSS per worker (MiB)",
                title="memory per worker when idle (Pss, smaps_rollup)")
-    memory.set_xticks(sorted({c["workers"] for c in cells}))
+    memory.set_xticks(range(len(sizes)), [str(n) for n in sizes])
     memory.grid(alpha=0.3, axis="y")
     memory.legend(fontsize=8)
     fig.tight_layout()
