@@ -6,7 +6,7 @@ import pytest
 
 from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager
 from clm_workers.clm.installed import installed_clm
-from clm_workers.clm.profile import resolve_configs
+from clm_workers.clm.profile import fork_server_types, resolve_configs
 
 SIM = "clm_workers.sim"
 
@@ -56,6 +56,8 @@ def test_a_fork_server_preloads_clm_s_worker_module_for_clm_s_types_and_nothing_
     assert explicit.preload == ("json", "sqlite3")
     [old] = resolve_configs([WorkerConfig("notebook", 1, start_method="forkserver")], "0.3")
     assert old.preload == ()
+    assert fork_server_types("1.x") == {"notebook", "plantuml", "drawio", "jupyterlite"}
+    assert fork_server_types("0.3") == frozenset()
 
 
 def test_an_unknown_type_needs_a_module():

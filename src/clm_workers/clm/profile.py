@@ -46,6 +46,19 @@ def resolve_configs(configs: Sequence[WorkerConfig], profile: str = "auto") -> l
     return resolved
 
 
+def fork_server_types(profile: str = "auto") -> frozenset[str]:
+    """CLM's worker types whose own modules are known to preload and fork safely.
+
+    The types with a preload list (for CLM 1.x: notebook, plantuml, drawio,
+    jupyterlite; none for CLM 0.3).  A caller that wants the fork server by
+    default for CLM's types (``start_method="forkserver"``) asks here; a
+    module that turns out unsafe still falls back to spawn, with the reason.
+    """
+    require_choice("clm_profile", profile, PROFILE_CHOICES)
+    generation = PROFILES[profile] if profile != "auto" else installed_clm().generation
+    return frozenset(generation.preload)
+
+
 def _profile(profile: str, *, need_modules: bool) -> tuple[Generation, Mapping[str, str]]:
     if profile != "auto":
         generation = PROFILES[profile]
