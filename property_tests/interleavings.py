@@ -32,7 +32,7 @@ from clm_workers.errors import PoolStartupError
 from clm_workers.ledger import LiveWorkers
 from clm_workers.plan import WorkerSpec, plan_workers
 from clm_workers.report import StartupReport
-from clm_workers.startup import start_workers
+from clm_workers.startup import _MAX_WAIT_FACTOR, _MIN_DEADLINE_STEP, start_workers
 from clm_workers.testing import FakeBackend, FakeWorker, WorkerScript
 
 __all__ = [
@@ -120,6 +120,9 @@ def worker_scripts(draw: st.DrawFn) -> WorkerScript:
         kill_raises=draw(rare),
         stop_raises=draw(rare),
         kill_latency=draw(st.sampled_from([0.0, 0.0, 0.01, 0.2, 1.0])),
+        # Booting on a machine with more boots than cores: most of the time
+        # waiting for a CPU (0.97: past the deadline's limit however busy).
+        cpu_wait_fraction=draw(st.sampled_from([0.0, 0.0, 0.0, 0.5, 0.9, 0.97])),
     )
 
 
@@ -259,12 +262,32 @@ def expected_outcomes(script: WorkerScript, settings: StartupSettings) -> frozen
     if first is None:
         return frozenset({"timeout"})
     kind = "started" if registers else "exit"
-    timeout, poll = settings.registration_timeout, settings.poll_interval
-    if first + poll < timeout - EPS:
+    # A registration or exit before the deadline is seen by the last poll the
+    # engine makes there: only one exactly at the deadline may end either way.
+    earliest, latest = deadline_window(script, settings)
+    if first < earliest - EPS:
         return frozenset({kind})
-    if first > timeout + EPS:
+    if first > latest + EPS:
         return frozenset({"timeout"})
     return frozenset({kind, "timeout"})
+
+
+def deadline_window(script: WorkerScript, settings: StartupSettings) -> tuple[float, float]:
+    """Seconds after its spawn between which a silent worker is declared timed out.
+
+    The deadline charges only the time a worker does not wait for a CPU: a
+    worker waiting a fraction ``f`` of the time reaches ``T`` of run time at
+    ``T / (1 - f)``; the deadline moves there in steps of at least
+    ``_MIN_DEADLINE_STEP``, never beyond ``_MAX_WAIT_FACTOR`` timeouts.
+    """
+    timeout, f = settings.registration_timeout, script.cpu_wait_fraction
+    limit = timeout * _MAX_WAIT_FACTOR
+    if f == 0.0:
+        return timeout, timeout
+    exact = timeout / (1.0 - f) if f < 1.0 else math.inf
+    if exact >= limit:
+        return limit, limit
+    return exact, min(exact + _MIN_DEADLINE_STEP, limit)
 
 
 def _graham(durations: Sequence[float], slots: int) -> float:
@@ -279,7 +302,8 @@ def _post_spawn_bound(script: WorkerScript, s: StartupSettings) -> float:
     outcomes = expected_outcomes(script, s)
     r, e = script.register_after, script.exit_after
     events = [t for t in (r, e) if t is not None]
-    wait = min(s.registration_timeout, min(events) + s.poll_interval) if events else s.registration_timeout
+    latest = deadline_window(script, s)[1]
+    wait = min(latest, min(events) + s.poll_interval) if events else latest
     if outcomes == {"started"}:
         return wait
     sigterm_works = script.term_latency is not None and not script.stop_raises
@@ -433,7 +457,7 @@ def check_accounting(run: Run) -> None:
 
 
 def check_timing(run: Run) -> None:
-    """4. No worker waits more than ``registration_timeout`` after its spawn; total
+    """4. No worker waits longer than its deadline (``registration_timeout`` of run time) after its spawn; total
     time is within the bound the scripts imply.
 
     This holds after a fatal error or a cancellation too: the engine stops a
@@ -460,11 +484,12 @@ def check_timing(run: Run) -> None:
             if w.registered_seen_at is not None:
                 ends.append(w.registered_seen_at)
             at = min(ends) if ends else math.inf
-        deadline = w.spawned_at + s.registration_timeout
+        deadline = w.spawned_at + deadline_window(script, s)[1]
         if at <= deadline + EPS:
             continue
         message = (f"{w.spec.label} was left waiting {at - w.spawned_at:.4f} s after its spawn before it "
-                   f"was started or stopped (registration_timeout {s.registration_timeout})")
+                   f"was started or stopped (registration_timeout {s.registration_timeout}, "
+                   f"waiting for a CPU {script.cpu_wait_fraction:.0%} of the time)")
         _require(False, inv, message)
     took, bound = run.end - run.t0, time_bound(run.scenario)
     _require(took <= bound, inv, f"the start took {took:.4f} s; its scripts imply at most {bound:.4f} s")

@@ -91,15 +91,27 @@ MUTANTS = [
     Mutant(
         "timeout-not-stopped", "report a timed-out worker without stopping it",
         "src/clm_workers/startup.py",
-        '                spec, handle, "timeout",',
-        '                spec, None, "timeout",',
+        '            await self._fail(spec, handle, "timeout", outcome)',
+        '            await self._fail(spec, None, "timeout", outcome)',
     ),
     # Beyond the four: one per remaining invariant, to show each bites.
     Mutant(
         "late-deadline", "the registration deadline is twice as long as configured",
         "src/clm_workers/startup.py",
-        "        with trio.move_on_after(self.settings.registration_timeout):",
-        "        with trio.move_on_after(2 * self.settings.registration_timeout):",
+        "        deadline = start + timeout\n",
+        "        deadline = start + 2 * timeout\n",
+    ),
+    Mutant(
+        "no-last-look", "no last poll at the deadline: a worker that registered between two polls is killed",
+        "src/clm_workers/startup.py",
+        "        if handle in last.registered:\n            return Registered(last.registered[handle], now), 0.0\n",
+        "",
+    ),
+    Mutant(
+        "wall-clock-deadline", "the deadline ignores the time a boot waited for a CPU",
+        "src/clm_workers/startup.py",
+        "            if start + timeout + waited <= now:",
+        "            if start + timeout <= now:",
     ),
     Mutant(
         "exits-ignored", "the watcher ignores early exits (they end as timeouts)",

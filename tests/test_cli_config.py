@@ -143,9 +143,9 @@ def test_a_module_that_python_cannot_run_is_refused_before_anything_starts(tmp_p
                             environ={})
     with pytest.raises(ConfigError, match="'clm_workers' is not allowed"):
         check_modules(package)  # a package without __main__
-    default = load_settings(write_config(tmp_path, '[[pools]]\ntype = "notebook"\ncount = 1\n', "d.toml"),
-                            environ={})
-    with pytest.raises(ConfigError, match="'nb' is not allowed.*CLM's default for 'notebook'"):
+    default = load_settings(write_config(
+        tmp_path, 'clm_profile = "0.3"\n[[pools]]\ntype = "notebook"\ncount = 1\n', "d.toml"), environ={})
+    with pytest.raises(ConfigError, match="'nb' is not allowed.*the CLM default for its type"):
         check_modules(default)
 
 

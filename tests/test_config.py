@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager
-from clm_workers.config import DEFAULT_MODULES
+from clm_workers.clm.installed import installed_clm
+from clm_workers.clm.profile import resolve_configs
+
+SIM = "clm_workers.sim"
 
 
 @pytest.mark.parametrize(
@@ -33,21 +36,63 @@ def test_worker_config_rejects(kwargs, setting, allowed):
     assert str(info.value).startswith(f"{setting}: ")
 
 
-def test_unknown_type_needs_a_module():
-    with pytest.raises(ConfigError, match="'custom' has no CLM default"):
-        WorkerConfig("custom", 1)
-    assert WorkerConfig("custom", 1, module="my.worker").resolved_module == "my.worker"
+def test_an_unknown_type_needs_a_module():
+    with pytest.raises(ConfigError, match="CLM 1.x has no 'custom' worker") as info:
+        resolve_configs([WorkerConfig("custom", 1)], "1.x")
+    assert info.value.setting == "module (worker 'custom')"
+    [config] = resolve_configs([WorkerConfig("custom", 1, module="my.worker")], "1.x")
+    assert (config.module, config.registration) == ("my.worker", "pre")
 
 
-def test_clm_default_modules():
-    for worker_type, module in DEFAULT_MODULES.items():
-        assert WorkerConfig(worker_type, 1).resolved_module == module
-    assert DEFAULT_MODULES == {"notebook": "nb", "drawio": "drawio_converter",
-                               "plantuml": "plantuml_converter"}
+@pytest.mark.parametrize(
+    ("profile", "modules", "registration"),
+    [
+        ("0.3", {"notebook": "nb", "drawio": "drawio_converter", "plantuml": "plantuml_converter"}, "self"),
+        ("1.x", {"notebook": "clm.workers.notebook", "drawio": "clm.workers.drawio",
+                 "plantuml": "clm.workers.plantuml"}, "pre"),
+    ],
+)
+def test_a_clm_profile_names_each_types_module_and_protocol(profile, modules, registration):
+    configs = resolve_configs([WorkerConfig(t, 1) for t in modules], profile)
+    assert {c.worker_type: c.module for c in configs} == modules
+    assert {c.registration for c in configs} == {registration}
+    explicit = resolve_configs([WorkerConfig("notebook", 1, module="mine", registration="self")], profile)
+    assert (explicit[0].module, explicit[0].registration) == ("mine", "self")
+
+
+def test_the_auto_profile_follows_the_installed_clm():
+    installed = installed_clm()
+    [config] = resolve_configs([WorkerConfig("notebook", 1)])
+    assert config.module == installed.modules["notebook"]
+    assert config.registration == installed.generation.registration
+
+
+def test_an_unknown_profile_is_refused():
+    with pytest.raises(ConfigError, match="clm_profile: '2.0' is not allowed; expected one of 'auto', '0.3', '1.x'"):
+        resolve_configs([WorkerConfig("notebook", 1)], "2.0")
+
+
+def test_a_module_this_python_cannot_run_is_refused_at_construction(tmp_path):
+    with pytest.raises(ConfigError, match="a module that `.*` can run") as info:
+        WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module="no_such_worker")])
+    assert info.value.setting == "module (worker 'notebook')"
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_no_workers_at_all_is_refused(tmp_path):
+    for configs in ([], [WorkerConfig("notebook", 0, module=SIM)]):
+        with pytest.raises(ConfigError, match="at least one WorkerConfig with a count above 0"):
+            WorkerPoolManager(tmp_path / "jobs.db", tmp_path, configs)
+
+
+def test_a_database_in_a_missing_folder_is_refused_at_construction(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        WorkerPoolManager(tmp_path / "nowhere" / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module=SIM)])
+    assert info.value.setting == "db_path"
 
 
 def manager(tmp_path, **kwargs):
-    return WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1)], **kwargs)
+    return WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("notebook", 1, module=SIM)], **kwargs)
 
 
 @pytest.mark.parametrize(

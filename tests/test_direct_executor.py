@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,7 +161,10 @@ def test_worker_gets_the_protocol_environment_and_config_overrides(
     assert env["WORKSPACE_PATH"] == str(dirs.workspace)
     assert env["USE_SQLITE_QUEUE"] == "true"
     assert env["CLM_SESSION_ID"] == "session-test"
-    assert env["CLM_LIFELINE_FD"] == str(executor.lifeline_fd)
+    # The module is given the launcher's inner lifeline, a pipe of its own.
+    inner = report["fds"][env["CLM_LIFELINE_FD"]]
+    assert inner["accmode"] == os.O_RDONLY and inner["target"].startswith("pipe:")
+    assert env["CLM_LIFELINE_FD"] != str(executor.lifeline_fd)
     assert env["LOG_LEVEL"] == "DEBUG"  # the config's env overrides log_level
     assert env["CLM_TEST_CONFIG"] == "from-config"
     assert env["CLM_TEST_EXTRA"] == "from-extra-env"
@@ -249,6 +253,32 @@ def test_kill_takes_the_worker_s_own_children(executor: TrackingExecutor, dirs: 
     wait_until(lambda: not alive(grandchild), 2, "the worker's child to die with it")
 
 
+def test_stop_reaches_a_child_in_a_session_of_its_own_within_the_grace(
+    executor: TrackingExecutor, dirs: Dirs
+) -> None:
+    """A Jupyter kernel runs in its own session: the group signal misses it, the tree does not."""
+    handle = executor.start(make_spec(SLEEPER, env={"SLEEPER_GRANDCHILD": "session"}))
+    grandchild = dirs.report(handle)["grandchild_pid"]
+    assert os.getpgid(grandchild) != handle.pid and os.getsid(grandchild) == grandchild
+    started = time.monotonic()
+    executor.request_stop(handle)  # the worker dies of SIGTERM; its child ignores it
+    wait_until(lambda: executor.exit_codes([handle]), 2, "the worker to end on SIGTERM")
+    assert alive(grandchild)
+    executor.kill(handle)  # after the grace: what is left of the tree
+    assert not alive(grandchild)
+    assert time.monotonic() - started < 1.0 + 2  # the grace (here: none) + 1 s, with slack for the machine
+
+
+def test_a_closed_lifeline_takes_a_child_in_a_session_of_its_own(
+    executor: TrackingExecutor, dirs: Dirs
+) -> None:
+    handle = executor.start(make_spec(SLEEPER, env={"SLEEPER_GRANDCHILD": "session"}))
+    grandchild = dirs.report(handle)["grandchild_pid"]
+    executor.close()  # what the manager's death does
+    wait_until(lambda: not alive(grandchild) and executor.exit_codes([handle]), 2,
+               "the worker and its child in another session to end with the lifeline")
+
+
 # -- spawning errors and close -------------------------------------------------
 
 
@@ -258,7 +288,7 @@ def test_missing_interpreter_raises_naming_the_command_and_leaves_nothing(
     executor = make_executor(python="/nonexistent/bin/python3")
     spec = make_spec(SLEEPER)
 
-    with pytest.raises(FatalExecutorError, match="/nonexistent/bin/python3 -m workers_for_tests"):
+    with pytest.raises(FatalExecutorError, match="/nonexistent/bin/python3 -m clm_workers.launch workers_for_tests"):
         executor.start(spec)
     assert executor.handles == []
     assert not executor.log_path(spec).exists()
@@ -293,9 +323,14 @@ def test_concurrent_starts_give_each_worker_only_the_lifeline_read_end(
     lifeline_inode = os.fstat(executor.lifeline_fd).st_ino
     lifeline_target = f"pipe:[{lifeline_inode}]"
     for handle in handles:
-        fds = dirs.report(handle)["fds"]
-        # Exactly stdin, stdout, stderr and the lifeline's read end were inherited.
-        assert sorted(map(int, fds)) == sorted({0, 1, 2, executor.lifeline_fd}), fds
+        report = dirs.report(handle)
+        fds = report["fds"]
+        # Inherited: stdin, stdout, stderr and the lifeline's read end; besides them
+        # only the launcher's inner lifeline, whose read end the module is given.
+        inner = fds[report["env"]["CLM_LIFELINE_FD"]]["target"]
+        inner_pipe = sorted(n for n, fd in fds.items() if fd["target"] == inner)
+        assert inner != lifeline_target and len(inner_pipe) == 2, fds
+        assert sorted(map(int, set(fds) - set(inner_pipe))) == sorted({0, 1, 2, executor.lifeline_fd}), fds
         lifeline = fds[str(executor.lifeline_fd)]
         assert lifeline == {"target": lifeline_target, "accmode": os.O_RDONLY}
         assert os.getpgid(handle.pid) == handle.pid

@@ -184,3 +184,42 @@ async def test_stop_failure_keeps_worker_owned(autojump_clock):
     failures = await stop_workers(backend, owner.snapshot(), grace=1.0, owner=owner)
     assert [h.spec.index for h, _ in failures] == [1]
     assert [h.spec.index for h in owner.snapshot()] == [1]
+
+
+# -- the registration deadline counts run time, not time waiting for a CPU ---------------
+
+
+@pytest.mark.parametrize(
+    ("register_after", "cpu_wait", "outcome", "decided_after"),
+    [
+        (15.0, 0.5, "started", 15.0),   # 7.5 s of run time: a healthy boot on busy cores
+        (None, 0.0, "timeout", 10.0),   # an idle machine: the plain deadline
+        (None, 0.5, "timeout", 20.0),   # 10 s of run time take 20 s
+        (None, 0.97, "timeout", 100.0),  # however busy: at most ten timeouts
+    ],
+)
+async def test_a_boot_slowed_by_busy_cpus_is_not_a_timeout(
+    autojump_clock, register_after, cpu_wait, outcome, decided_after
+):
+    script = WorkerScript(register_after=register_after, cpu_wait_fraction=cpu_wait)
+    backend, owner = FakeBackend(default=script), LiveWorkers()
+    t0 = trio.current_time()
+    report = await start_workers(specs(1), backend, settings(), owner)
+    if outcome == "started":
+        assert report.started and not report.failed
+        assert report.started[0].registered_at == pytest.approx(decided_after, abs=0.011)
+    else:
+        [failure] = report.failed
+        assert failure.phase == "timeout"
+        assert backend.workers[0].stop_requests[0] - t0 == pytest.approx(decided_after, abs=0.11)
+        if cpu_wait:
+            assert "waiting for" in failure.reason and "CPU" in failure.reason, failure.reason
+    assert_nothing_leaked(backend, owner, report.started)
+
+
+async def test_a_registration_at_the_deadline_counts_even_between_polls(autojump_clock):
+    """The watcher polls every 0.3 s (9.9, 10.2); the worker registers at 9.95 s: the last look sees it."""
+    backend, owner = FakeBackend(default=WorkerScript(register_after=9.95)), LiveWorkers()
+    report = await start_workers(specs(1), backend, settings(poll_interval=0.3), owner)
+    assert [w.index for w in report.started] == [0] and not report.failed
+    assert backend.workers[0].stop_requests == []

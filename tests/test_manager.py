@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from clm_workers import PoolStartupError, WorkerConfig, WorkerPoolManager
+from clm_workers import ConfigError, PoolStartupError, WorkerConfig, WorkerPoolManager
 from procs import alive, session_processes, wait_until
 
 SIM = "clm_workers.sim"
@@ -107,10 +107,19 @@ async def test_clm03_self_registration_is_found_by_container_id(tmp_path):
     assert live_rows(db) == []
 
 
-@pytest.mark.parametrize("where", ["missing folder", "a directory"])
-async def test_unusable_database_is_fatal_and_starts_nothing(tmp_path, where):
+@pytest.mark.parametrize(("where", "allowed"), [("missing folder", "does not exist"),
+                                               ("a directory", "a file, not a folder")])
+def test_an_unusable_database_path_is_refused_at_construction(tmp_path, where, allowed):
     db = tmp_path / "nope" / "jobs.db" if where == "missing folder" else tmp_path
-    manager = WorkerPoolManager(db, tmp_path, [sim(count=3)])
+    with pytest.raises(ConfigError, match=allowed):
+        WorkerPoolManager(db, tmp_path, [sim(count=3)])
+
+
+async def test_a_database_that_became_unusable_is_fatal_and_starts_nothing(tmp_path):
+    folder = tmp_path / "db"
+    folder.mkdir()
+    manager = WorkerPoolManager(folder / "jobs.db", tmp_path, [sim(count=3)])
+    folder.rmdir()
     with pytest.raises(PoolStartupError, match="cannot use the database"):
         await manager.start_pools()
     assert session_processes(manager.session_id) == []

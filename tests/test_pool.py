@@ -16,6 +16,8 @@ import textwrap
 import pytest
 import trio
 
+from clm_workers.clm.database import prepare_database
+from clm_workers.clm.installed import InstalledClm
 from clm_workers import (
     MonitorSettings,
     PoolNotReadyError,
@@ -145,6 +147,9 @@ async def test_wait_ready_fails_when_startup_ends_short(tmp_path):
 
 async def test_two_pools_on_one_database_stay_independent(tmp_path):
     db = tmp_path / "jobs.db"
+    # Jobs carry their session from CLM's schema 11 on (CLM 1.9.2's own init
+    # makes version 8, where any worker of a type takes any job of it).
+    prepare_database(db, InstalledClm(None))
     async with open_worker_pool(db, tmp_path, [sim(count=2)], monitor=FAST_MONITOR) as a:
         async with open_worker_pool(db, tmp_path, [sim(count=2)], monitor=FAST_MONITOR) as b:
             await a.wait_started()
@@ -172,6 +177,7 @@ async def test_two_pools_on_one_database_stay_independent(tmp_path):
 
 def test_new_manager_retires_what_a_killed_manager_left(tmp_path):
     db = tmp_path / "jobs.db"
+    prepare_database(db, InstalledClm(None))  # job sessions (schema 11): the new pool's worker leaves it
     script = tmp_path / "manager.py"
     script.write_text(textwrap.dedent("""
         import json, sys, trio

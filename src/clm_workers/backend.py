@@ -70,6 +70,10 @@ class StartupBackend(Protocol):
 
     async def output_tail(self, handle: WorkerHandle) -> str: ...
 
+    async def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """Seconds ``handle``'s worker was ready to run but waited for a CPU (0.0: unknown)."""
+        ...
+
     async def mark_dead(
         self,
         specs: Sequence[WorkerSpec],
@@ -170,6 +174,10 @@ class ThreadedBackend:
     async def output_tail(self, handle: WorkerHandle) -> str:
         executor = self._executor(handle.spec.execution_mode)
         return await trio.to_thread.run_sync(executor.output_tail, handle)
+
+    async def run_queue_wait(self, handle: WorkerHandle) -> float:
+        executor = self._executor(handle.spec.execution_mode)
+        return await trio.to_thread.run_sync(executor.run_queue_wait, handle)
 
     async def mark_dead(
         self,

@@ -17,13 +17,6 @@ from typing import Literal, TypeVar
 from .errors import ConfigError
 from .plan import ExecutionMode, Registration
 
-#: CLM 0.3's worker modules by type (clm-protocol.md).
-DEFAULT_MODULES: Mapping[str, str] = {
-    "notebook": "nb",
-    "drawio": "drawio_converter",
-    "plantuml": "plantuml_converter",
-}
-
 EXECUTION_MODES = ("direct", "docker")
 REGISTRATION_PROTOCOLS = ("pre", "self")
 SLOT_MODES = ("spawn", "registration")
@@ -42,8 +35,10 @@ SlotMode = Literal["spawn", "registration"]
 class WorkerConfig:
     """One pool: ``count`` workers of one type, started one way.
 
-    ``registration`` is ``"pre"`` (the manager inserts the row first, CLM 1.x)
-    or ``"self"`` (the worker inserts its own row, CLM 0.3).
+    ``module`` (run as ``python -m``) and ``registration`` (``"pre"``: the
+    manager inserts the row first, CLM 1.x; ``"self"``: the worker inserts its
+    own, CLM 0.3) default to what the CLM in use does for ``worker_type``
+    (see :mod:`clm_workers.clm`); the manager fills them in.
     """
 
     worker_type: str
@@ -53,7 +48,7 @@ class WorkerConfig:
     memory_limit: str = "1g"
     module: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    registration: Registration = "pre"
+    registration: Registration | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_type, str) or not _WORKER_TYPE.fullmatch(self.worker_type):
@@ -69,8 +64,9 @@ class WorkerConfig:
                 f"count ({where})", self.count,
                 f"a whole number from 0 to {MAX_WORKERS_PER_CONFIG}",
             )
-        _require_choice(f"execution_mode ({where})", self.execution_mode, EXECUTION_MODES)
-        _require_choice(f"registration ({where})", self.registration, REGISTRATION_PROTOCOLS)
+        require_choice(f"execution_mode ({where})", self.execution_mode, EXECUTION_MODES)
+        if self.registration is not None:
+            require_choice(f"registration ({where})", self.registration, REGISTRATION_PROTOCOLS)
         if self.execution_mode == "docker" and not self.image:
             raise ConfigError(
                 f"image ({where})", self.image,
@@ -88,25 +84,13 @@ class WorkerConfig:
                 f"module ({where})", self.module,
                 "a dotted Python module name such as 'clm_workers.sim'",
             )
-        if self.module is None and self.worker_type not in DEFAULT_MODULES:
-            raise ConfigError(
-                f"module ({where})", None,
-                f"a dotted module name: {self.worker_type!r} has no CLM default "
-                f"(defaults exist for {', '.join(sorted(DEFAULT_MODULES))})",
-            )
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
                 raise ConfigError(f"env ({where})", key, "variable names like 'LOG_LEVEL'")
             if not isinstance(value, str):
                 raise ConfigError(f"env[{key}] ({where})", value, "a string value")
 
-    @property
-    def resolved_module(self) -> str:
-        """The module run as ``python -m``: the configured one or CLM's default."""
-        return self.module or DEFAULT_MODULES[self.worker_type]
-
-
-def _require_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
+def require_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(setting, value, "one of " + ", ".join(repr(c) for c in choices))
 
@@ -192,7 +176,7 @@ def build_settings(
     environ: Mapping[str, str] | None = None,
 ) -> StartupSettings:
     """Resolve explicit arguments > environment > defaults, and validate them."""
-    _require_choice("slot_mode", slot_mode, SLOT_MODES)
+    require_choice("slot_mode", slot_mode, SLOT_MODES)
     return StartupSettings(
         concurrency=resolve_number(
             "max_startup_concurrency", max_startup_concurrency,

@@ -19,6 +19,8 @@ from pathlib import Path
 import trio
 
 from .backend import ThreadedBackend
+from .clm.database import check_database
+from .clm.profile import resolve_configs, worker_environment
 from .config import WorkerConfig, build_settings, resolve_docker_network, resolve_number
 from .errors import (
     ConfigError,
@@ -31,6 +33,7 @@ from .executors.base import Executor
 from .executors.direct import DirectExecutor
 from .lease import DEFAULT_TTL_SECONDS
 from .ledger import LiveWorkers
+from .modules import unrunnable_pool, unrunnable_reason
 from .monitor import MonitorSettings, PoolMonitor
 from .plan import WorkerSpec, plan_workers
 from .registry import Event, Registry
@@ -64,6 +67,8 @@ class WorkerPoolManager:
         log_dir: Path | str | None = None,
         lease_ttl: float | None = None,
         docker_network: str | None = None,
+        clm_profile: str = "auto",
+        cache_db_path: Path | str | None = None,
     ) -> None:
         """Validate everything; start nothing.
 
@@ -80,6 +85,16 @@ class WorkerPoolManager:
 
         ``docker_network`` (``CLM_DOCKER_NETWORK``, none): the network every
         container of this manager joins, created if missing (docs/docker.md).
+
+        ``clm_profile``: ``"auto"`` (the CLM installed here decides the default
+        module and registration protocol of each worker type), ``"1.x"`` or
+        ``"0.3"``; see :mod:`clm_workers.clm`.  ``cache_db_path``: CLM's
+        executed-notebook cache, passed to direct workers (default:
+        ``clm_cache.db`` beside the jobs database).
+
+        Checked here, so that nothing starts on bad input: every direct pool's
+        module can be run by this interpreter, and ``db_path`` is a new file or
+        a CLM database (any other file is refused and left unchanged).
         """
         self.db_path = Path(db_path)
         self.workspace_path = Path(workspace_path)
@@ -88,7 +103,6 @@ class WorkerPoolManager:
         for config in worker_configs:
             if not isinstance(config, WorkerConfig):
                 raise ConfigError("worker_configs", config, "WorkerConfig instances")
-        self.worker_configs = list(worker_configs)
         self.settings = build_settings(
             max_startup_concurrency=max_startup_concurrency,
             registration_timeout=registration_timeout,
@@ -102,6 +116,18 @@ class WorkerPoolManager:
             kind=float, minimum=1.0, maximum=3600.0,
         )
         self.docker_network = resolve_docker_network(docker_network)
+        if not any(config.count for config in worker_configs):
+            raise ConfigError("worker_configs", list(worker_configs), "at least one WorkerConfig with a count above 0")
+        self.worker_configs = resolve_configs(worker_configs, clm_profile)
+        unrunnable = unrunnable_pool(self.worker_configs, self.workspace_path)
+        if unrunnable is not None:
+            config = self.worker_configs[unrunnable]
+            raise ConfigError(
+                f"module (worker {config.worker_type!r})", config.module,
+                unrunnable_reason(self.workspace_path, defaulted=worker_configs[unrunnable].module is None),
+            )
+        check_database(self.db_path)
+        self.cache_db_path = Path(cache_db_path) if cache_db_path is not None else self.db_path.parent / "clm_cache.db"
         self.log_level = log_level
         self.session_id = uuid.uuid4().hex
         self.report: StartupReport | None = None
@@ -269,6 +295,7 @@ class WorkerPoolManager:
                 workspace_path=self.workspace_path.resolve(),
                 log_dir=log_dir,
                 log_level=self.log_level,
+                extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
             ),
         }
         if any(config.execution_mode == "docker" for config in self.worker_configs):

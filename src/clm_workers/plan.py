@@ -65,10 +65,17 @@ def new_executor_id(mode: ExecutionMode, worker_type: str, index: int) -> str:
 
 
 def plan_workers(configs: Sequence[WorkerConfig], session_id: str) -> list[WorkerSpec]:
-    """Expand configs into specs; indices count per worker type across configs."""
+    """Expand configs into specs; indices count per worker type across configs.
+
+    What a config leaves open (``module``, ``registration``) is filled in as
+    the installed CLM does it (:func:`clm_workers.clm.profile.resolve_configs`).
+    """
+    from .clm.profile import resolve_configs  # config -> plan: import at call time
+
     next_index: dict[str, int] = {}
     specs: list[WorkerSpec] = []
-    for config in configs:
+    for config in resolve_configs(configs):
+        assert config.module is not None and config.registration is not None
         for _ in range(config.count):
             index = next_index.get(config.worker_type, 0)
             next_index[config.worker_type] = index + 1
@@ -77,7 +84,7 @@ def plan_workers(configs: Sequence[WorkerConfig], session_id: str) -> list[Worke
                     worker_type=config.worker_type,
                     index=index,
                     execution_mode=config.execution_mode,
-                    module=config.resolved_module,
+                    module=config.module,
                     registration=config.registration,
                     executor_id=new_executor_id(config.execution_mode, config.worker_type, index),
                     session_id=session_id,

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
+from .clm.database import prepare_database
+from .clm.installed import installed_clm
 from .lease import SessionLease
 from .plan import WorkerSpec
 
@@ -47,23 +49,25 @@ class Registry:
         self._lock = threading.Lock()
         #: Queries issued by :meth:`registered_rows` (benchmarks read it).
         self.poll_queries = 0
+        #: The columns of this file's ``jobs`` table (CLM 1.9.2's has no ``session_id``).
+        self._job_columns: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating if missing) the database with CLM's schema and settings.
+        """Open the database, giving a new file CLM's schema (see :mod:`clm_workers.clm.database`).
 
-        Raises :class:`sqlite3.Error` or :class:`OSError` when the file cannot
-        be created, opened or written: a fatal error for the whole pool.
+        Raises :class:`ConfigError` for a file that is not a CLM database (left
+        unchanged), :class:`sqlite3.Error` or :class:`OSError` when the file
+        cannot be created, opened or written: a fatal error for the whole pool.
         """
         with self._lock:
             if self._conn is not None:
                 return
-            if not self.db_path.parent.is_dir():
-                raise FileNotFoundError(f"the folder {self.db_path.parent} does not exist")
+            prepare_database(self.db_path, installed_clm())
             conn = schema.connect(self.db_path, check_same_thread=False)
             try:
-                schema.ensure_schema(conn)
+                self._job_columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
                 if self._lease is not None:
                     self._lease.start()
             except BaseException:
@@ -167,7 +171,10 @@ class Registry:
                         params,
                     )
                 ]
-                requeued = self._release_jobs(db, ids, reason)
+                # A CLM worker deletes its own row when it stops: its job may
+                # still name it, and CLM's own requeue (a join on a dead row)
+                # would never find that job.
+                requeued = self._release_jobs(db, sorted({*ids, *db_ids}), reason)
                 db.execute(
                     "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
                     (json.dumps(ids),),
@@ -283,13 +290,17 @@ class Registry:
         *,
         priority: int = 0,
     ) -> int:
-        """Queue one ``pending`` job for this session and return its id."""
+        """Queue one ``pending`` job (for this session, where the schema has job sessions); its id."""
+        row: dict[str, object] = {
+            "job_type": job_type, "status": "pending", "priority": priority, "input_file": input_file,
+            "output_file": output_file, "content_hash": "", "payload": json.dumps(payload or {}),
+        }
+        if "session_id" in self._job_columns:
+            row["session_id"] = self.session_id
         with self._lock:
             cursor = self._db().execute(
-                "INSERT INTO jobs (job_type, status, priority, input_file, output_file,"
-                " content_hash, payload, session_id) VALUES (?, 'pending', ?, ?, ?, '', ?, ?)",
-                (job_type, priority, input_file, output_file, json.dumps(payload or {}),
-                 self.session_id),
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid

@@ -18,18 +18,17 @@ arguments for :func:`clm_workers.open_worker_pool` /
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import math
 import os
 import re
-import sys
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .clm.generations import PROFILE_CHOICES
+from .clm.profile import resolve_configs
 from .config import (
     EXECUTION_MODES,
     MAX_WORKERS_PER_CONFIG,
@@ -38,6 +37,7 @@ from .config import (
     WorkerConfig,
 )
 from .errors import ConfigError
+from .modules import unrunnable_pool, unrunnable_reason
 from .monitor import MonitorSettings
 from .restart import RestartPolicy
 
@@ -76,6 +76,12 @@ SETTINGS: tuple[Setting, ...] = (
             "folder, removed at stop)"),
     Setting("worker_log_level", "choice", "INFO", "one of " + ", ".join(LOG_LEVELS),
             "`LOG_LEVEL` given to the workers", choices=LOG_LEVELS),
+    Setting("clm_profile", "choice", "auto", "one of " + ", ".join(repr(c) for c in PROFILE_CHOICES),
+            "which CLM's worker modules and registration protocol a pool without `module` gets "
+            "(`auto`: the CLM installed here)", choices=PROFILE_CHOICES),
+    Setting("cache_db", "path", None, "a file in an existing folder",
+            "CLM's executed-notebook cache, given to direct workers (default: `clm_cache.db` "
+            "beside the database)"),
     Setting("lease_ttl", "seconds", 10.0, "1-3600 s",
             "how long containers outlive a manager that died without stopping them",
             env="CLM_SESSION_LEASE_TTL", minimum=1.0, maximum=3600.0),
@@ -319,6 +325,8 @@ def load_settings(
         "log_level": values["worker_log_level"],
         "log_dir": log_dir,
         "lease_ttl": values["lease_ttl"],
+        "clm_profile": values["clm_profile"],
+        "cache_db_path": values["cache_db"],
         "docker_network": values["docker.network"],
     }
     return StartSettings(
@@ -368,55 +376,20 @@ def resolve_database(
 # -- checks that need the machine ---------------------------------------------------
 
 
-def check_modules(settings: StartSettings, python: str = sys.executable) -> None:
+def check_modules(settings: StartSettings) -> None:
     """Refuse a direct pool whose module ``python -m`` could not run, before anything starts.
 
-    Looks the module up the way the worker's interpreter will: this
-    interpreter's path (the workers run ``sys.executable``), with the
-    workspace first (their working folder) and the pool's ``PYTHONPATH``.
-    A package counts only with a ``__main__`` module.  Docker pools are not
-    checked: their module lives in the image.
+    The same check as :class:`WorkerPoolManager`'s, pointing at the file's line.
     """
-    for index, config in enumerate(settings.worker_configs):
-        if config.execution_mode != "direct" or config.count == 0:
-            continue
-        module = config.resolved_module
-        extra = [str(settings.workspace_path)]
-        extra += [p for p in config.env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if not _module_runnable(module, extra):
-            where = settings.pool_locations.get((index, "module")) or settings.pool_locations.get(
-                (index, ""), "")
-            shown = f"pools[{index}].module" + (f" ({where})" if where else "")
-            default = "" if config.module else f" (CLM's default for {config.worker_type!r})"
-            raise ConfigError(
-                shown, module,
-                f"a module that `{Path(python).name} -m` can run{default}: it is not installed in "
-                f"{sys.prefix} nor in the workspace {settings.workspace_path}",
-            )
-
-
-def _module_runnable(module: str, extra_path: list[str]) -> bool:
-    with _extra_sys_path(extra_path):
-        try:
-            spec = importlib.util.find_spec(module)
-            if spec is not None and spec.submodule_search_locations is not None:
-                spec = importlib.util.find_spec(module + ".__main__")
-        except (ImportError, ValueError):
-            return False
-        except Exception:  # a parent package that fails to import: `python -m` fails too
-            return False
-    return spec is not None
-
-
-@contextmanager
-def _extra_sys_path(entries: list[str]) -> Iterator[None]:
-    saved = list(sys.path)
-    sys.path[:0] = entries
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
+    resolved = resolve_configs(settings.worker_configs, settings.manager_options["clm_profile"])
+    index = unrunnable_pool(resolved, settings.workspace_path)
+    if index is None:
+        return
+    where = settings.pool_locations.get((index, "module")) or settings.pool_locations.get((index, ""), "")
+    raise ConfigError(
+        f"pools[{index}].module" + (f" ({where})" if where else ""), resolved[index].module,
+        unrunnable_reason(settings.workspace_path, defaulted=settings.worker_configs[index].module is None),
+    )
 
 
 def _check_database_path(path: Path, where: str) -> None:
@@ -577,7 +550,7 @@ def _pools(
                 memory_limit=pool.get("memory", "1g"),
                 module=pool.get("module"),
                 env=env,
-                registration=pool.get("registration", "pre"),
+                registration=pool.get("registration"),
             ))
         except ConfigError as exc:
             raise _in_file(exc, index, locations) from None

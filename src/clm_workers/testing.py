@@ -60,6 +60,9 @@ class WorkerScript:
     #: Seconds a kill call for it blocks (reaping a slow process, a slow engine);
     #: like a thread, not cancellable once begun.
     kill_latency: float = 0.0
+    #: The share of its time since spawn it waits for a CPU (a machine with
+    #: more booting workers than cores): not charged to its registration deadline.
+    cpu_wait_fraction: float = 0.0
 
 
 @dataclass(eq=False)
@@ -245,6 +248,11 @@ class FakeBackend:
     async def output_tail(self, handle: WorkerHandle) -> str:
         await trio.lowlevel.checkpoint()
         return f"fake output of {handle.spec.label}"
+
+    async def run_queue_wait(self, handle: WorkerHandle) -> float:
+        await trio.lowlevel.checkpoint()
+        worker: FakeWorker = handle.native
+        return worker.script.cpu_wait_fraction * (trio.current_time() - worker.spawned_at)
 
     async def mark_dead(
         self,

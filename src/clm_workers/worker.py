@@ -422,6 +422,7 @@ class _Runtime:
         self.parent_died_at: float | None = None
         self.row_gone = False
         self.signal_received = 0
+        self._job_sessions: bool | None = None
         self._stop_lock = threading.Lock()
         #: Held by the main thread around every job-state transaction, and for
         #: good by the stop controller once it gives up on the main thread.
@@ -723,14 +724,19 @@ class _Runtime:
             else:
                 self._run(conn, job)
 
+    def _jobs_have_sessions(self, conn: sqlite3.Connection) -> bool:
+        if self._job_sessions is None:
+            self._job_sessions = any(r[1] == "session_id" for r in conn.execute("PRAGMA table_info(jobs)"))
+        return self._job_sessions
+
     def _claim(self, conn: sqlite3.Connection) -> tuple[Any, ...] | None:
         """Claim the next job in one ``BEGIN IMMEDIATE`` transaction, or ``None``."""
         assert self.db_worker_id is not None
-        query = _CANDIDATE.format(
-            session=" AND (session_id IS NULL OR session_id = ?)" if self.cfg.session_id else ""
-        )
+        # Jobs have a session only from CLM's schema 11 on (1.9.2's have none).
+        by_session = bool(self.cfg.session_id) and self._jobs_have_sessions(conn)
+        query = _CANDIDATE.format(session=" AND (session_id IS NULL OR session_id = ?)" if by_session else "")
         params: tuple[object, ...] = (self.cfg.worker_type,)
-        if self.cfg.session_id:
+        if by_session:
             params += (self.cfg.session_id,)
         # Look before taking the write lock: idle workers poll often.
         if not conn.execute(query, params).fetchall():

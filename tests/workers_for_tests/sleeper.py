@@ -3,7 +3,7 @@
 Report: ``$TEST_REPORT_DIR/<WORKER_ID>.json`` (written atomically) with its
 pid, process group, cwd, environment and every open fd (target and access
 mode).  With ``SLEEPER_GRANDCHILD=1`` it first starts a child of its own and
-reports that pid too.  SIGTERM is left at its default (exit code -15).
+reports that pid too (``=session``: in a session of its own, ignoring SIGTERM).  SIGTERM is left at its default (exit code -15).
 On EOF on ``CLM_LIFELINE_FD`` it exits with code 0.
 """
 
@@ -52,8 +52,13 @@ def main() -> None:
         "env": dict(os.environ),
         "fds": _open_fds(),
     }
-    if os.environ.get("SLEEPER_GRANDCHILD") == "1":
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    grandchild = os.environ.get("SLEEPER_GRANDCHILD")
+    if grandchild:
+        # "session": in a session of its own, deaf to SIGTERM (a Jupyter kernel's place).
+        code = "import time; time.sleep(60)"
+        if grandchild == "session":
+            code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=grandchild == "session")
         report["grandchild_pid"] = child.pid
 
     out_dir = os.environ.get("TEST_REPORT_DIR")

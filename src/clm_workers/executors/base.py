@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..clm.generations import JOBS_DB_VARIABLES
 from ..plan import WorkerSpec
+from ..proctree import ProcessTree
 
 
 @dataclass(eq=False)  # identity semantics: a handle is one started process
@@ -28,6 +30,8 @@ class WorkerHandle:
     pid: int | None = None
     #: The worker's row once it registered (set by the startup engine).
     db_worker_id: int | None = None
+    #: The worker's processes on this host, where the executor can see them.
+    tree: ProcessTree | None = None
 
 
 class Executor(Protocol):
@@ -65,6 +69,14 @@ class Executor(Protocol):
         """
         ...
 
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """Seconds the worker was ready to run but waited for a CPU since it started (0.0: unknown).
+
+        The registration deadline does not count them: a boot that is slow
+        because the cores are busy is not a failed boot.
+        """
+        ...
+
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's stderr (or log), for failure reasons."""
         ...
@@ -81,7 +93,7 @@ def protocol_environment(
     workspace_path: Path | str,
     log_level: str = "INFO",
 ) -> dict[str, str]:
-    """The variables of clm-protocol.md, in both CLM generations' spellings.
+    """The variables every CLM generation's worker reads, in each generation's spelling.
 
     ``db_path`` and ``workspace_path`` are as the worker sees them (inside a
     container: ``/db/<file>`` and ``/workspace``).  The config's own ``env``
@@ -90,8 +102,7 @@ def protocol_environment(
     env = {
         "WORKER_TYPE": spec.worker_type,
         "WORKER_ID": spec.executor_id,
-        "DB_PATH": str(db_path),
-        "CLM_JOBS_DB_PATH": str(db_path),
+        **{variable: str(db_path) for variable in JOBS_DB_VARIABLES},
         "WORKSPACE_PATH": str(workspace_path),
         "LOG_LEVEL": log_level,
         "USE_SQLITE_QUEUE": "true",

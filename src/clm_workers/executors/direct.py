@@ -11,10 +11,15 @@ Two choices shape this module (see DESIGN.md):
   signal the whole group, so a worker's own children go with it.
 * Orphan protection is a *lifeline*: one pipe per executor whose write end only
   this process holds and never writes to.  Every worker inherits the read end
-  (its number is in ``CLM_LIFELINE_FD``) and exits on EOF, which the kernel
-  delivers when the manager dies for any reason, SIGKILL included.  Linux's
+  (its number is in ``CLM_LIFELINE_FD``) and sees EOF when the manager dies
+  for any reason, SIGKILL included.  Each worker runs through
+  :mod:`clm_workers.launch`, which watches the lifeline in the worker's own
+  process and, on EOF, stops the worker's whole tree: so unmodified CLM
+  workers and their kernels cannot outlive the manager either.  Linux's
   parent-death signal is not used: it fires when the *thread* that spawned the
   worker exits, and Trio's worker threads come and go.
+* Stop and kill also reach descendants outside the group (a Jupyter kernel
+  runs in a session of its own): see :mod:`clm_workers.proctree`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
+from ..proctree import ProcessTree
 from .base import WorkerHandle, protocol_environment
 
 __all__ = ["DirectExecutor", "LIFELINE_ENV"]
@@ -43,6 +49,8 @@ LIFELINE_ENV = "CLM_LIFELINE_FD"
 
 #: How long :meth:`DirectExecutor.kill` waits for a SIGKILLed worker to be reaped.
 _KILL_REAP_TIMEOUT = 5.0
+#: ... and for its SIGKILLed descendants (reaped by whoever adopted them) to be gone.
+_DESCENDANT_EXIT_TIMEOUT = 1.0
 
 # Errors that every start would hit the same way: the interpreter, the
 # workspace or the log folder is missing or not accessible.
@@ -125,26 +133,45 @@ class DirectExecutor:
         return codes
 
     def request_stop(self, handle: WorkerHandle) -> None:
-        """Send SIGTERM to the worker's process group; returns at once; idempotent."""
+        """SIGTERM to the worker's process group and to every descendant outside it.
+
+        Returns at once; idempotent.  The descendants (a Jupyter kernel in its
+        own session, say) are looked up now, while the worker still links them.
+        """
         popen = _popen(handle)
         if popen.returncode is not None:
             return  # reaped: its pid may already belong to someone else
+        if handle.tree is not None:
+            handle.tree.refresh()  # before the signal: a dead worker links no descendant
         _signal_group(popen.pid, signal.SIGTERM)
+        if handle.tree is not None:
+            handle.tree.signal(signal.SIGTERM, include_root=False)
 
     def kill(self, handle: WorkerHandle) -> None:
-        """SIGKILL the worker's whole process group and reap the worker.
+        """SIGKILL the worker's process group and every descendant it was seen with; reap it.
 
         Idempotent and safe after the worker exited.  The group is signalled
         even then, to take any children the worker left behind (Linux does
-        not reuse a pid while it still names a process group).
+        not reuse a pid while it still names a process group), and so are the
+        descendants its tree remembers (psutil never signals a reused pid).
+        Returns once every one of them is gone, or after a bound.
         """
         popen = _popen(handle)
+        tree = handle.tree
+        if tree is not None and popen.returncode is None:
+            tree.refresh()
         _signal_group(popen.pid, signal.SIGKILL)
+        if tree is not None:
+            tree.signal(signal.SIGKILL)
         try:
             popen.wait(timeout=_KILL_REAP_TIMEOUT)
-            return
         except subprocess.TimeoutExpired:
-            pass
+            self._kill_stubborn(handle, popen)
+        if tree is not None:
+            for survivor in tree.wait_gone(_DESCENDANT_EXIT_TIMEOUT):
+                log.error("process %s of worker %s survived SIGKILL", survivor.pid, handle.spec.label)
+
+    def _kill_stubborn(self, handle: WorkerHandle, popen: subprocess.Popen[bytes]) -> None:
         # The worker left its group (setpgid/setsid) or is stuck in the kernel.
         log.warning(
             "worker %s (pid %s) survived SIGKILL of its group; killing the pid",
@@ -158,6 +185,12 @@ class DirectExecutor:
             log.error(
                 "worker %s (pid %s) could not be reaped after SIGKILL", handle.spec.label, popen.pid
             )
+
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """The worker's run-queue wait (:meth:`ProcessTree.run_queue_wait`)."""
+        if handle.tree is None or _popen(handle).returncode is not None:
+            return 0.0  # reaped: the pid may be someone else's
+        return handle.tree.run_queue_wait()
 
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's log (stdout + stderr); "" if none."""
@@ -190,7 +223,8 @@ class DirectExecutor:
         return self.log_dir / f"{spec.executor_id}.log"
 
     def command(self, spec: WorkerSpec) -> list[str]:
-        return [self.python, "-m", spec.module]
+        """``python -m clm_workers.launch <module>``: the module, run by the lifeline's keeper."""
+        return [self.python, "-m", "clm_workers.launch", spec.module]
 
     # -- internals -----------------------------------------------------------
 
@@ -246,7 +280,10 @@ class DirectExecutor:
             raise
         finally:
             log_file.close()  # the worker has its own copy
-        return WorkerHandle(spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid)
+        return WorkerHandle(
+            spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid,
+            tree=ProcessTree(popen.pid),
+        )
 
 
 def _popen(handle: WorkerHandle) -> subprocess.Popen[bytes]:

@@ -45,10 +45,12 @@ from typing import Any
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import docker.types  # type: ignore[import-untyped]
+import psutil
 import requests.exceptions
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
+from ..proctree import ProcessTree
 from .base import WorkerHandle, protocol_environment
 
 __all__ = [
@@ -333,6 +335,28 @@ class DockerExecutor:
                 raise
         with self._lock:
             self._containers.pop(container_id, None)
+
+    def run_queue_wait(self, handle: WorkerHandle) -> float:
+        """The container's run-queue wait, where the engine runs on this host (else 0.0)."""
+        tree = self._host_tree(handle)
+        return tree.run_queue_wait() if tree is not None else 0.0
+
+    def _host_tree(self, handle: WorkerHandle) -> ProcessTree | None:
+        """The container's processes as this host sees them, found once and kept on the handle.
+
+        The engine reports the host pid of the container's init; it is taken
+        only when that process's cgroup names the container (an engine on
+        another machine reports pids of its own).
+        """
+        if handle.tree is None:
+            try:
+                pid = self._client().api.inspect_container(handle.executor_id)["State"]["Pid"]
+                with open(f"/proc/{pid}/cgroup") as f:
+                    if pid and handle.executor_id in f.read():
+                        handle.tree = ProcessTree(pid)
+            except (docker.errors.DockerException, OSError, KeyError, psutil.Error):
+                return None
+        return handle.tree
 
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the container's log (stdout + stderr); "" if none."""
