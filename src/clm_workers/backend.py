@@ -28,6 +28,8 @@ from .plan import WorkerSpec
 from .registry import Event, Registry
 
 Own = Callable[[WorkerHandle], WorkerHandle]
+#: At most this many stop or kill calls run at once (threads).
+_MAX_FAN_OUT = 64
 T = TypeVar("T")
 
 
@@ -213,7 +215,9 @@ class ThreadedBackend:
     ) -> list[tuple[WorkerHandle, Exception]]:
         """Run ``action`` for every handle in parallel threads (at most ``fan_out`` at once)."""
         failures: list[tuple[WorkerHandle, Exception]] = []
-        limiter = trio.CapacityLimiter(self._fan_out)
+        # Signals and kills mostly wait (for a reap, an engine): more of them at
+        # once than spawns, so that stopping a large pool fits in its bound.
+        limiter = trio.CapacityLimiter(max(self._fan_out, min(len(handles), _MAX_FAN_OUT)))
 
         async def one(handle: WorkerHandle) -> None:
             try:

@@ -215,7 +215,7 @@ class StartupSettings:
     @property
     def stop_bound(self) -> float:
         """The overall bound on one stop of many workers: grace, then the kills."""
-        return self.stop_grace + 5.0
+        return self.stop_grace + 10.0
 
 
 def build_settings(

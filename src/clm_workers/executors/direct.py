@@ -42,7 +42,7 @@ from pathlib import Path
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
-from ..proctree import ProcessTree
+from ..proctree import ProcessTree, refresh_trees
 from .base import Activity, WorkerHandle, protocol_environment
 
 __all__ = ["DirectExecutor", "LIFELINE_ENV", "kill_tree", "tail", "terminate_tree", "wait_descendants_gone"]
@@ -165,9 +165,9 @@ class DirectExecutor:
         Non-blocking beyond reading ``/proc``; handles that exited are left out.
         """
         found: dict[WorkerHandle, Activity] = {}
-        for handle in handles:
-            if _popen(handle).poll() is not None:
-                continue
+        running = [h for h in handles if _popen(h).poll() is None]
+        refresh_trees(h.tree for h in running if h.tree is not None)  # one read of the process table
+        for handle in running:
             tree = handle.tree
             if tree is None:  # the tree could not be made at spawn: nothing to measure
                 found[handle] = Activity(cpu_seconds=None)
