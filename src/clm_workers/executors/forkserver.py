@@ -412,6 +412,13 @@ class _Template:
             self.popen.wait(timeout=KILL_REAP_TIMEOUT)
         self._reader.join(timeout=_CLOSE_TIMEOUT)
         self.sock.close()
+        # Its books reference it back (a worker record names its template): drop
+        # them, so that no cycle leaves the template (and its thread object) to
+        # the cyclic collector, whose callbacks run at any moment, a Ctrl-C's
+        # included (a KeyboardInterrupt raised in one is lost).
+        with self.cond:
+            self._live.clear()
+            self._replies.clear()
 
     # -- the reader thread -------------------------------------------------------
 
