@@ -314,7 +314,8 @@ class DockerExecutor:
             by_session.setdefault(handle.spec.session_id, []).append(handle)
         for session_id, group in by_session.items():
             _, states = self._listing(session_id)
-            trees = {h: self._host_tree(h) for h in group if states.get(h.executor_id) in ("running", "paused")}
+            live = [h for h in group if states.get(h.executor_id) in ("running", "paused")]
+            trees = {h: self._host_tree(h) for h in live}
             refresh_trees(t for t in trees.values() if t is not None)
             for handle, tree in trees.items():
                 state = states.get(handle.executor_id)
