@@ -13,7 +13,6 @@ and against the monitor.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 from contextlib import closing
 from pathlib import Path

@@ -67,8 +67,12 @@ def kill_sessions(sessions: list[str]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def manager_process(tmp_path: Path, body: str) -> subprocess.Popen:
-    """A manager in its own process (so it can be interrupted or killed), talking JSON lines."""
+def manager_process(tmp_path: Path, body: str, start_method: str = "spawn") -> subprocess.Popen:
+    """A manager in its own process (so it can be interrupted or killed), talking JSON lines.
+
+    Its ``sim()`` pools use ``start_method`` (``forkserver``: forked from a
+    template that preloaded the simulated worker's runtime).
+    """
     script = tmp_path / "chaos_manager.py"
     script.write_text(textwrap.dedent("""
         import json, signal, sys, trio
@@ -78,14 +82,17 @@ def manager_process(tmp_path: Path, body: str) -> subprocess.Popen:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from clm_workers import WorkerConfig, WorkerPoolManager
         tmp = Path(sys.argv[1])
+        START_METHOD = sys.argv[2]
         def say(**message):
             print(json.dumps(message), flush=True)
         def sim(worker_type, count, boot):
+            preload = ("clm_workers.worker",) if START_METHOD == "forkserver" else None
             return WorkerConfig(worker_type, count, module="clm_workers.sim",
-                                env={"CLM_SIM_BOOT_DELAY": str(boot)})
+                                env={"CLM_SIM_BOOT_DELAY": str(boot)},
+                                start_method=START_METHOD, preload=preload)
     """) + textwrap.dedent(body))
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path), start_method],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
 
@@ -129,11 +136,12 @@ SIGINT_MANAGER = """
 """
 
 
-def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path):
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path, start_method):
     """20 starts of 32 workers, each interrupted by SIGINT at a random (seeded) moment."""
     rng = random.Random(SIGINT_SEED)
     db = tmp_path / "jobs.db"
-    proc = manager_process(tmp_path, SIGINT_MANAGER)
+    proc = manager_process(tmp_path, SIGINT_MANAGER, start_method)
     lines = Lines(proc)
     sessions: list[str] = []
     phases: list[str] = []
@@ -170,8 +178,9 @@ def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path):
 # -- SIGKILL of the manager ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 @pytest.mark.parametrize("moment", ["while spawning", "while waiting for registrations", "after startup"])
-def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment):
+def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment, start_method):
     """Unlike tests/test_manager.py's version: 32 workers, a kill in the middle of the
     spawns too, every process of the session checked (not only those seen before the
     kill), and no row left claiming a registered worker."""
@@ -186,7 +195,7 @@ def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment
         trio.run(manager.start_pools)
         say(event="started", running=manager.running)
         trio.run(trio.sleep_forever)
-    """)
+    """, start_method)
     lines = Lines(proc)
     session = ""
     try:
@@ -194,9 +203,11 @@ def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment
         if moment == "while spawning":
             seen = wait_until(lambda: session_processes(session), 15, interval=0.002)
         elif moment == "while waiting for registrations":
+            templates = 1 if start_method == "forkserver" else 0
+
             def all_spawned():
                 found = session_processes(session)
-                return len(found) == 32 and found
+                return len(found) == 32 + templates and found
 
             seen = wait_until(all_spawned, 15)
         else:
@@ -206,6 +217,7 @@ def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment
         killed_at = time.monotonic()
         proc.wait(5)
         if moment == "while spawning":
+            # (a fork server's template counts as one of them)
             assert len(seen) < 32, "the kill should have come in the middle of the spawns"
         left = 2.0 - (time.monotonic() - killed_at)
         wait_until(lambda: not session_processes(session), max(left, 0.0))

@@ -194,6 +194,14 @@ def test_docs_table_lists_every_setting_with_its_variable():
 
 BAD_FILES = [
     pytest.param(
+        ONE_POOL + 'start_method = "fork"\n',
+        r"pools\[0\]\.start_method \(workers\.toml, line 6\): 'fork' is not allowed; "
+        r"expected one of 'spawn', 'forkserver'", id="bad-start-method"),
+    pytest.param(
+        ONE_POOL + 'start_method = "forkserver"\npreload = "json"\n',
+        r"pools\[0\]\.preload \(workers\.toml, line 7\): 'json' is not allowed; "
+        r"expected a list of dotted Python module names", id="preload-not-a-list"),
+    pytest.param(
         ONE_POOL.replace("count = 2", "count = -3"),
         r"pools\[0\]\.count \(workers\.toml, line 4\): -3 is not allowed; "
         r"expected a whole number from 0 to 1000", id="negative-count"),
@@ -224,7 +232,9 @@ BAD_FILES = [
     pytest.param(
         ONE_POOL + "cuont = 3\n",
         r"workers\.toml, line 6: unknown setting 'pools\[0\]\.cuont'; did you mean 'count'\? "
-        r"\(allowed in \[\[pools\]\]: count, env, image, memory, mode, module, registration, type\)",
+        r"\(allowed in \[\[pools\]\]: count, env, image, memory, mode, module, preload, registration, "
+        r"start_method, "
+        r"type\)",
         id="unknown-key"),
     pytest.param(
         "[startup]\nconcurency = 4\n" + ONE_POOL,

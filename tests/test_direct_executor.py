@@ -134,6 +134,7 @@ def test_start_returns_a_live_worker_leading_its_own_process_group(
     assert isinstance(handle.native, subprocess.Popen)
     assert handle.pid == handle.native.pid
     assert os.getpgid(handle.pid) == handle.pid != os.getpgid(0)
+    assert os.getsid(handle.pid) == handle.pid  # a session of its own: its own CPU share, as CLM's setsid
     assert executor.exit_codes([handle]) == {}
     report = dirs.report(handle)
     assert report["pid"] == report["pgid"] == handle.pid

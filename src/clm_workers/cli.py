@@ -215,8 +215,10 @@ def _parser() -> argparse.ArgumentParser:
                             "nothing unless --out is given")
     bench.add_argument("--sizes", metavar="N[,N...]", default=None,
                        help="pool sizes, each 1-1000 (default 8,16,32,64)")
-    bench.add_argument("--scenarios", metavar="{io,cpu}[,...]", default=None,
-                       help="io: a 1 s sleep per boot; cpu: 0.2 s of CPU (default both)")
+    bench.add_argument("--scenarios", metavar="{io,cpu,clm}[,...]", default=None,
+                       help="io: a 1 s sleep per boot; cpu: 0.2 s of CPU; clm: real CLM notebook workers, "
+                            "CLM's own start against spawn and forkserver (default all; clm where CLM is "
+                            "installed; alone, --sizes applies to it: default 4,8,16,24)")
     bench.add_argument("--repeats", metavar="N", default=None, help="repeats per cell, 1-50 (default 3)")
     bench.add_argument("--concurrency", metavar="N", default=None,
                        help="workers spawned at once, 1-1000 (default 10)")

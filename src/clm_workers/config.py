@@ -16,9 +16,10 @@ from typing import Literal, TypeVar
 
 from .clm.generations import JOBS_DB_VARIABLES
 from .errors import ConfigError
-from .plan import ExecutionMode, Registration
+from .plan import ExecutionMode, Registration, StartMethod
 
 EXECUTION_MODES = ("direct", "docker")
+START_METHODS = ("spawn", "forkserver")
 REGISTRATION_PROTOCOLS = ("pre", "self")
 SLOT_MODES = ("spawn", "registration")
 
@@ -63,6 +64,12 @@ class WorkerConfig:
     manager inserts the row first, CLM 1.x; ``"self"``: the worker inserts its
     own, CLM 0.3) default to what the CLM in use does for ``worker_type``
     (see :mod:`clm_workers.clm`); the manager fills them in.
+
+    ``start_method`` (direct workers only): ``"spawn"``, a fresh interpreter
+    per worker, or ``"forkserver"``, one template process per module that
+    imports ``preload`` once and forks each worker from it (see
+    :mod:`clm_workers.executors.forkserver`).  ``preload`` defaults, for
+    CLM's own worker modules, to the imports of CLM's worker; else to none.
     """
 
     worker_type: str
@@ -73,6 +80,8 @@ class WorkerConfig:
     module: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     registration: Registration | None = None
+    start_method: StartMethod = "spawn"
+    preload: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_worker_type("worker_type", self.worker_type)
@@ -113,6 +122,21 @@ class WorkerConfig:
                 f"module ({where})", self.module,
                 "a dotted Python module name such as 'clm_workers.sim'",
             )
+        require_choice(f"start_method ({where})", self.start_method, START_METHODS)
+        if self.start_method == "forkserver" and self.execution_mode != "direct":
+            raise ConfigError(
+                f"start_method ({where})", self.start_method,
+                "'spawn' when execution_mode is 'docker' (a container is created and started, never forked)",
+            )
+        if self.preload is not None:
+            if isinstance(self.preload, str) or not isinstance(self.preload, tuple | list) or not all(
+                isinstance(name, str) and _DOTTED_NAME.fullmatch(name) for name in self.preload
+            ):
+                raise ConfigError(
+                    f"preload ({where})", self.preload,
+                    "a list of dotted Python module names such as ['clm.workers.notebook.notebook_worker']",
+                )
+            object.__setattr__(self, "preload", tuple(self.preload))  # frozen: normalise lists once
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
                 raise ConfigError(f"env ({where})", key, "variable names like 'LOG_LEVEL'")
@@ -206,7 +230,7 @@ class StartupSettings:
     @property
     def stop_bound(self) -> float:
         """The overall bound on one stop of many workers: grace, then the kills."""
-        return self.stop_grace + 5.0
+        return self.stop_grace + 10.0
 
 
 def build_settings(

@@ -13,7 +13,9 @@ too: ``CLM_LIFELINE_FD`` names, for it, an inner pipe whose write end only the
 launcher holds.
 
 When the manager's lifeline reaches EOF the manager is gone, however it died
-(SIGKILL included).  The launcher then
+(SIGKILL included).  A worker forked by a fork server (see
+:mod:`clm_workers.forktemplate`) holds its template's lifeline too, and
+treats the template's death the same way.  The launcher then
 
 1. closes the inner lifeline, so that a worker that watches one stops as an
    orphan in its own way (clm-workers' runtime: exit code 70, its job given
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import os
 import runpy
+import select
 import signal
 import sys
 import threading
@@ -56,6 +59,8 @@ ORPHAN_GRACE_SECONDS = 0.5
 #: When, after the lifeline closed, whatever is left of the worker's group is killed:
 #: the runtime's job grace (1 s) and its bound for giving the job back (5 s), and a margin.
 ORPHAN_KILL_SECONDS = 6.5
+#: The exit code of a worker stopped because its lifeline ended (EX_SOFTWARE, as the runtime's).
+ORPHANED_EXIT_CODE = 70
 
 USAGE = "usage: python -m clm_workers.launch MODULE [ARG...]"
 
@@ -69,26 +74,52 @@ def main(argv: list[str]) -> None:
     if fd:
         try:
             lifeline = int(fd)
-            os.set_inheritable(lifeline, False)  # the worker's own children need not hold it
+            os.fstat(lifeline)
         except (ValueError, OSError):
             print(f"clm_workers.launch: {LIFELINE_ENV}={fd!r} is not an open file descriptor",
                   file=sys.stderr)
             raise SystemExit(2) from None
-        inner_read, inner_write = os.pipe()
-        os.environ[LIFELINE_ENV] = str(inner_read)
-        threading.Thread(
-            target=_watch, args=(lifeline, inner_write), name="clm-launch-lifeline", daemon=True
-        ).start()
+        keep_lifelines([lifeline])
+    run_module(module, args)
+
+
+def keep_lifelines(lifelines: list[int]) -> None:
+    """Watch ``lifelines`` from a daemon thread; the first to reach EOF stops this worker's tree.
+
+    A direct worker has one, its manager's; a forked worker also has its
+    template's.  The module run afterwards gets an inner lifeline of its own
+    in ``CLM_LIFELINE_FD`` (see the module's docstring).  Neither the
+    lifelines nor the inner write end are inherited by the worker's children.
+    """
+    for lifeline in lifelines:
+        os.set_inheritable(lifeline, False)  # the worker's own children need not hold it
+    inner_read, inner_write = os.pipe()
+    os.environ[LIFELINE_ENV] = str(inner_read)
+    threading.Thread(
+        target=_watch, args=(lifelines, inner_write), name="clm-launch-lifeline", daemon=True
+    ).start()
+
+
+def run_module(module: str, args: list[str]) -> None:
+    """Run ``module`` as ``__main__`` in this process, as ``python -m module args...`` would."""
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
-def _watch(lifeline: int, inner_write: int) -> None:
-    try:
-        while os.read(lifeline, 1):
-            pass
-    except OSError:
-        pass
+def _wait_for_eof(lifelines: list[int]) -> None:
+    """Block until one of ``lifelines`` reaches EOF or fails (nobody ever writes to them)."""
+    while True:
+        try:
+            ready, _, _ = select.select(lifelines, [], [])
+            for lifeline in ready:
+                if not os.read(lifeline, 1):
+                    return
+        except OSError:
+            return
+
+
+def _watch(lifelines: list[int], inner_write: int) -> None:
+    _wait_for_eof(lifelines)
     me, group = os.getpid(), os.getpgrp()
     os.close(inner_write)
     _kill_descendants(me)
@@ -98,7 +129,7 @@ def _watch(lifeline: int, inner_write: int) -> None:
     time.sleep(ORPHAN_KILL_SECONDS - ORPHAN_GRACE_SECONDS)
     _kill_descendants(me)
     _signal_group(group, signal.SIGKILL)
-    os._exit(70)  # only reached when the group signal could not be sent
+    os._exit(ORPHANED_EXIT_CODE)  # only reached when the group signal could not be sent
 
 
 def _kill_descendants(pid: int) -> None:

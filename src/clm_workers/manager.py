@@ -324,15 +324,20 @@ class WorkerPoolManager:
             # Beside the database, one folder per session: findable (`clm-workers logs`)
             # while the pool runs and after it stopped; pruned at _close.
             log_dir = self._own_log_dir = logfiles.session_log_dir(db_file, self.session_id)
-        executors: dict[str, Executor] = {
-            "direct": DirectExecutor(
-                db_path=db_file,
-                workspace_path=self.workspace_path.resolve(),
-                log_dir=log_dir,
-                log_level=self.log_level,
-                extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
-            ),
-        }
+        direct = DirectExecutor(
+            db_path=db_file,
+            workspace_path=self.workspace_path.resolve(),
+            log_dir=log_dir,
+            log_level=self.log_level,
+            extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
+        )
+        executors: dict[str, Executor] = {}
+        if any(config.start_method == "forkserver" for config in self.worker_configs):
+            from .executors.forkserver import ForkServerExecutor
+
+            # Before "direct": closing executors in this order stops the templates first.
+            executors["forkserver"] = ForkServerExecutor(direct)
+        executors["direct"] = direct
         if any(config.execution_mode == "docker" for config in self.worker_configs):
             from .executors.docker import DockerExecutor  # the docker SDK only when used
 

@@ -35,6 +35,7 @@ from .config import (
     MAX_WORKERS_PER_CONFIG,
     REGISTRATION_PROTOCOLS,
     SLOT_MODES,
+    START_METHODS,
     WorkerConfig,
 )
 from .errors import ConfigError
@@ -165,6 +166,13 @@ POOL_KEYS: tuple[PoolKey, ...] = (
             "`python -m` can run", "the module the worker runs"),
     PoolKey("env", "env", "`{}`", "a table of variable names to strings (numbers are converted)",
             "extra environment for the workers"),
+    PoolKey("start_method", "start_method", "`spawn`",
+            "one of " + ", ".join(repr(m) for m in START_METHODS) + "; 'spawn' for docker pools",
+            "`spawn`: a fresh interpreter per worker; `forkserver`: fork each worker from a template "
+            "that imported `preload` once (direct pools only)"),
+    PoolKey("preload", "preload", "for CLM's own modules, their worker's imports (e.g. "
+            "`clm.workers.notebook.notebook_worker`); else none", "a list of dotted module names",
+            "what a `forkserver` pool's template imports once for all its workers"),
     PoolKey("registration", "registration", "`pre`",
             "one of " + ", ".join(repr(r) for r in REGISTRATION_PROTOCOLS),
             "`pre`: the manager inserts the row (CLM 1.x); `self`: the worker does (CLM 0.3)"),
@@ -594,6 +602,8 @@ def _pools(
                 module=pool.get("module"),
                 env=env,
                 registration=pool.get("registration"),
+                start_method=pool.get("start_method", "spawn"),
+                preload=pool.get("preload"),
             ))
         except ConfigError as exc:
             raise _in_file(exc, index, locations) from None

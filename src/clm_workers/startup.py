@@ -139,7 +139,8 @@ class _StartupRun:
         mode_of = {spec.key: spec.execution_mode for spec in self.specs}
         events = [
             Event("worker_ready", w.worker_type, w.db_worker_id, mode_of[(w.worker_type, w.index)],
-                  metadata={"spawned_at": round(w.spawned_at, 3), "registered_at": round(w.registered_at, 3)})
+                  metadata={"spawned_at": round(w.spawned_at, 3), "registered_at": round(w.registered_at, 3),
+                            "start_method": w.start_method, **({"note": w.note} if w.note else {})})
             for w in self.report.started
         ]
         if self.announce:
@@ -231,6 +232,7 @@ class _StartupRun:
                 worker_type=spec.worker_type, index=spec.index, executor_id=handle.executor_id,
                 db_worker_id=outcome.db_worker_id, spawned_at=spawned_at,
                 registered_at=self.elapsed(outcome.at), pid=handle.pid,
+                start_method=handle.start_method, note=handle.note,
             ))
             self._progress("registered", spec)
 
@@ -311,7 +313,8 @@ class _StartupRun:
         failure = FailedWorker(
             worker_type=spec.worker_type, index=spec.index, phase=phase, reason=reason,
             executor_id=handle.executor_id if handle else None, exit_code=exit_code,
-            output_tail=tail,
+            output_tail=tail, start_method=handle.start_method if handle else spec.start_method,
+            note=handle.note if handle else "",
         )
         self.report.failed.append(failure)
         await self._audit([Event(

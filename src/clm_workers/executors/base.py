@@ -32,6 +32,10 @@ class WorkerHandle:
     db_worker_id: int | None = None
     #: The worker's processes on this host, where the executor can see them.
     tree: ProcessTree | None = None
+    #: How its process came to be: ``spawn`` (or a container) or ``forkserver``.
+    start_method: str = "spawn"
+    #: Why it was started otherwise than its pool asked (a fork server that fell back to spawn).
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ import requests.exceptions
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
-from ..proctree import ProcessTree
+from ..proctree import ProcessTree, refresh_trees
 from .base import Activity, WorkerHandle, protocol_environment
 
 __all__ = [
@@ -344,11 +344,11 @@ class DockerExecutor:
             by_session.setdefault(handle.spec.session_id, []).append(handle)
         for session_id, group in by_session.items():
             _, states = self._listing(session_id)
-            for handle in group:
+            live = [h for h in group if states.get(h.executor_id) in ("running", "paused")]
+            trees = {h: self._host_tree(h) for h in live}
+            refresh_trees(t for t in trees.values() if t is not None)
+            for handle, tree in trees.items():
                 state = states.get(handle.executor_id)
-                if state not in ("running", "paused"):
-                    continue
-                tree = self._host_tree(handle)
                 cpu = tree.cpu_seconds() if tree is not None else self._cpu_seconds(handle.executor_id)
                 found[handle] = Activity(cpu, stopped=state == "paused")
         return found
