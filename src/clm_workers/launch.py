@@ -17,12 +17,13 @@ When the manager's lifeline reaches EOF the manager is gone, however it died
 :mod:`clm_workers.forktemplate`) holds its template's lifeline too, and
 treats the template's death the same way.  The launcher then
 
-1. closes the inner lifeline, so that a worker that watches one stops as an
-   orphan in its own way (clm-workers' runtime: exit code 70, its job given
-   back), and knows why before its job's processes vanish;
-2. kills every descendant of the worker at once: a Jupyter kernel or a JVM
+1. kills every descendant of the worker at once: a Jupyter kernel or a JVM
    in a session of its own that nothing else would reach (the manager is
    dead, so there is nothing to be gentle for);
+2. closes the inner lifeline, so that a worker that watches one stops as an
+   orphan in its own way (clm-workers' runtime: exit code 70, its job given
+   back, not failed, although its processes died first: it sees its parent,
+   the manager, gone);
 3. after :data:`ORPHAN_GRACE_SECONDS`, sends SIGTERM to the worker's process
    group, so a worker that knows no lifeline stops the way it stops for its
    manager (a CLM worker deletes its row and exits);
@@ -121,8 +122,8 @@ def _wait_for_eof(lifelines: list[int]) -> None:
 def _watch(lifelines: list[int], inner_write: int) -> None:
     _wait_for_eof(lifelines)
     me, group = os.getpid(), os.getpgrp()
+    _kill_descendants(me)  # first: a module that exits on the inner lifeline's EOF would leave them
     os.close(inner_write)
-    _kill_descendants(me)
     time.sleep(ORPHAN_GRACE_SECONDS)  # a worker that watches its inner lifeline is gone by now
     _kill_descendants(me)
     _signal_group(group, signal.SIGTERM)

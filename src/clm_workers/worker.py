@@ -547,6 +547,8 @@ class _Runtime:
         self._logging_configured = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        #: The manager (or, for a forked worker, its template): a new parent means it died.
+        self._parent = os.getppid()
 
     # ---------------------------------------------------------------- stopping
 
@@ -634,13 +636,15 @@ class _Runtime:
         os._exit(code)  # log records are flushed as they are written
 
     def _manager_gone(self) -> bool:
-        """Whether the manager is gone, looking at the lifeline itself (its thread may not have yet).
+        """Whether the manager is gone, looking for ourselves (the lifeline's thread may not have yet).
 
-        A launcher kills the job's processes and closes the lifeline at the
-        same moment; the handler may fail of the first before the lifeline's
-        thread has seen the second.
+        A launcher kills the job's processes, then closes the lifeline; the
+        handler may fail of the first before the second.  But by then the
+        manager, this process's parent, has died: the process has a new parent.
         """
         fd = self.cfg.lifeline_fd
+        if self.parent_died_at is None and fd is not None and os.getppid() != self._parent:
+            self.request_stop("parent_died")
         if self.parent_died_at is None and fd is not None:
             import select  # deferred: only a failed job asks
 
