@@ -67,7 +67,12 @@ def alive(pid: int) -> bool:
 
 def session_processes(session_id: str) -> list[int]:
     """Pids of processes :func:`alive` whose environment carries ``CLM_SESSION_ID=session_id``."""
-    marker = f"CLM_SESSION_ID={session_id}".encode()
+    return environment_processes(f"CLM_SESSION_ID={session_id}")
+
+
+def environment_processes(*variables: str) -> list[int]:
+    """Pids of processes :func:`alive` whose environment carries any of ``NAME=value`` ``variables``."""
+    markers = {variable.encode() for variable in variables}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -76,7 +81,7 @@ def session_processes(session_id: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in environ.split(b"\0") and alive(int(entry.name)):
+        if markers & set(environ.split(b"\0")) and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 

@@ -192,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
                            "(default 30)")
     stop.add_argument("--json", action="store_true", help="what was done, as JSON on stdout")
 
+    clm = commands.add_parser(
+        "clm", add_help=False, help="CLM's own command line on clm-workers pools: clm-workers clm build FILE",
+        description="Run CLM's `clm` with these arguments, in this process, with clm-workers' pool "
+                    "manager in place of CLM's (docs/clm-integration.md).")
+    clm.add_argument("args", nargs=argparse.REMAINDER, help="CLM's arguments")
+
     demo = commands.add_parser(
         "demo", parents=[common],
         help="start simulated workers on a throw-away database, run jobs, stop",
@@ -270,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(given[:1] if given[:1] == ["clm"] else given)
+    if args.command == "clm":  # CLM parses its arguments and sets up its own logging
+        from .commands.clm import run_clm
+
+        return run_clm(given[1:] if given[:1] == ["clm"] else args.args)
     from .display import configure_logging
     from .errors import ConfigError, PoolStartupError
 

@@ -12,6 +12,10 @@ contract): the file is opened with ``mode=rw``, so a wrong path is an error
 instead of a new empty file.  The two writes: :func:`expire_lease`, for
 ``stop``, and :func:`submit_job`, for ``submit``.
 
+A worker row's session is the session that runs it, owned or shared (see
+:mod:`clm_workers.clm.ownership`: a shared row names its session in
+``managed_by``).
+
 A direct worker's pid is not a column of ``workers``; the worker writes it
 in the metadata of its ``worker_registered`` event, which is where it is read
 from.  A container's pid is its own namespace's, so containers are shown by
@@ -29,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .clm.ownership import running_session_sql
 from .errors import ConfigError
 from .ownership import start_stamp
 from .processes import alive, runs_since
@@ -358,12 +363,12 @@ def read_workers(
     where: list[str] = []
     params: list[object] = []
     if session is not None:
-        where.append("session_id = ?")
+        where.append(f"{running_session_sql()} = ?")
         params.append(session)
     if not include_dead:
         where.append("status != 'dead'")
     rows = conn.execute(
-        "SELECT id, worker_type, status, execution_mode, container_id, session_id,"
+        f"SELECT id, worker_type, status, execution_mode, container_id, {running_session_sql()},"
         " COALESCE(jobs_processed, 0), COALESCE(jobs_failed, 0), started_at, last_heartbeat,"
         f" (julianday('now') - julianday(last_heartbeat)) * {_SECONDS},"
         f" (julianday('now') - julianday(started_at)) * {_SECONDS}"
@@ -577,7 +582,7 @@ def _count_dead(conn: sqlite3.Connection, session: str | None) -> int:
     if session is None:
         return int(conn.execute("SELECT count(*) FROM workers WHERE status = 'dead'").fetchone()[0])
     return int(conn.execute(
-        "SELECT count(*) FROM workers WHERE status = 'dead' AND session_id = ?", (session,)
+        f"SELECT count(*) FROM workers WHERE status = 'dead' AND {running_session_sql()} = ?", (session,)
     ).fetchone()[0])
 
 

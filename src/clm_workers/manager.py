@@ -19,6 +19,7 @@ import trio
 from . import logfiles
 from .backend import ThreadedBackend
 from .clm.database import check_database
+from .clm.ownership import check_session_id
 from .clm.profile import resolve_configs, worker_environment
 from .config import WorkerConfig, build_settings, resolve_docker_network, resolve_number
 from .errors import (
@@ -30,7 +31,7 @@ from .errors import (
     database_unusable,
     unwrap_lone_exception,
 )
-from .executors.base import Executor
+from .executors.base import Executor, WorkerHandle
 from .executors.direct import DirectExecutor
 from .lease import DEFAULT_TTL_SECONDS
 from .ledger import LiveWorkers
@@ -48,8 +49,9 @@ log = logging.getLogger(__name__)
 class WorkerPoolManager:
     """Starts, owns and stops the worker pools of one CLM database.
 
-    Each manager has its own ``session_id`` (a UUID) written on every row it
-    creates; it only ever stops, marks or cleans what carries its session.
+    Each manager has its own ``session_id`` (a new UUID unless given) written
+    on every row it creates; it only ever stops, marks or cleans what carries
+    its session.
     """
 
     def __init__(
@@ -70,6 +72,8 @@ class WorkerPoolManager:
         docker_network: str | None = None,
         clm_profile: str = "auto",
         cache_db_path: Path | str | None = None,
+        session_id: str | None = None,
+        serve_builds: bool = False,
     ) -> None:
         """Validate everything; start nothing.
 
@@ -92,6 +96,13 @@ class WorkerPoolManager:
         ``"0.3"``; see :mod:`clm_workers.clm`.  ``cache_db_path``: CLM's
         executed-notebook cache, passed to direct workers (default:
         ``clm_cache.db`` beside the jobs database).
+
+        ``session_id``: the session of every row, event, job and lease of
+        this manager (default: a new UUID); give one only to work inside a
+        session that exists already, such as a CLM build's (the drop-in,
+        :mod:`clm_workers.clm.dropin`).  ``serve_builds``: the workers serve
+        every CLM build on the database, not only this session's jobs (shared
+        rows, see :mod:`clm_workers.clm.ownership`).
 
         Checked here, so that nothing starts on bad input: every direct pool's
         module can be run by this interpreter, and ``db_path`` is a new file or
@@ -134,7 +145,8 @@ class WorkerPoolManager:
             Path(cache_db_path) if cache_db_path is not None else self.db_path.parent / "clm_cache.db"
         )
         self.log_level = log_level
-        self.session_id = uuid.uuid4().hex
+        self.session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
+        self.serve_builds = serve_builds
         self.report: StartupReport | None = None
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._live = LiveWorkers()
@@ -155,6 +167,10 @@ class WorkerPoolManager:
     def running(self) -> int:
         """How many workers this manager has started and not stopped."""
         return len(self._live)
+
+    def live_workers(self) -> list[WorkerHandle]:
+        """The workers this manager has started and not stopped (registered or not), now."""
+        return self._live.snapshot()
 
     async def start_pools(self, *, on_progress: ProgressCallback | None = None) -> StartupReport:
         """Start every configured worker at once and wait for their registrations.
@@ -350,7 +366,7 @@ class WorkerPoolManager:
                 log_level=self.log_level,
             )
         registry = Registry(db_file, session_id=self.session_id, lease_ttl=self.lease_ttl,
-                            watch_path=self.db_path)
+                            watch_path=self.db_path, serve_builds=self.serve_builds)
         return ThreadedBackend(registry, executors, fan_out=self.settings.concurrency)
 
     async def _stopped_by_monitor(self, error: PoolStoppedError) -> None:

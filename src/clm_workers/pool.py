@@ -14,7 +14,7 @@ the body and comes out of the ``async with`` as :class:`PoolStartupError`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +49,15 @@ class Readiness:
 class WorkerPool:
     """A running pool; made by :func:`open_worker_pool`."""
 
-    def __init__(self, manager: WorkerPoolManager, monitor_settings: MonitorSettings) -> None:
+    def __init__(
+        self,
+        manager: WorkerPoolManager,
+        monitor_settings: MonitorSettings,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> None:
         self.manager = manager
         self.monitor_settings = monitor_settings
+        self.on_progress = on_progress
         self.monitor: PoolMonitor | None = None
         self.report: StartupReport | None = None
         self.readiness: AsyncValue[Readiness] = AsyncValue(Readiness())
@@ -100,6 +106,8 @@ class WorkerPool:
     def _on_progress(self, event: ProgressEvent) -> None:
         if event.kind == "registered":
             self._update(event.worker_type, +1)
+        if self.on_progress is not None:
+            self.on_progress(event)
 
     def _on_death(self, spec: WorkerSpec) -> None:
         self._update(spec.worker_type, -1)
@@ -139,7 +147,24 @@ async def open_worker_pool(
     (shielded, bounded) before the ``async with`` is left.
     """
     manager = WorkerPoolManager(db_path, workspace_path, worker_configs, **manager_options)
-    pool = WorkerPool(manager, monitor or MonitorSettings())
+    async with run_worker_pool(manager, monitor=monitor) as pool:
+        yield pool
+
+
+@asynccontextmanager
+async def run_worker_pool(
+    manager: WorkerPoolManager,
+    *,
+    monitor: MonitorSettings | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+) -> AsyncIterator[WorkerPool]:
+    """:func:`open_worker_pool` for a manager made beforehand (and so checked: nothing runs yet).
+
+    ``on_progress`` sees every startup step, replacements' included, as it happens.
+
+    Cancellation: as :func:`open_worker_pool`.
+    """
+    pool = WorkerPool(manager, monitor or MonitorSettings(), on_progress)
     with unwrap_lone_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(pool._run)

@@ -4,7 +4,9 @@ Blocking code: the async side calls it through ``trio.to_thread``.  One
 connection is shared by the threads that call in, serialised by a lock, so
 that every call sees the others' writes and the file has one writer of ours.
 Everything this class changes is scoped to its own ``session_id`` or to row
-ids it created: it never touches another manager's workers.
+ids it created: it never touches another manager's workers.  Its rows are
+owned or shared (see :mod:`clm_workers.clm.ownership`); either way they are
+the session's own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from . import schema
 from .clm.database import Kind, prepare_database
 from .clm.installed import installed_clm
+from .clm.ownership import RowOwner, row_owner, running_session_sql
 from .inventory import docker_sessions
 from .lease import SessionLease
 from .ownership import start_stamp
@@ -67,19 +70,20 @@ class Event:
 class Registry:
     def __init__(
         self, db_path: Path, *, session_id: str, lease_ttl: float | None = None,
-        watch_path: Path | None = None,
+        watch_path: Path | None = None, serve_builds: bool = False,
     ) -> None:
         """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open.
 
         ``db_path`` is opened as it is (the manager passes the resolved path);
         ``watch_path``, the path as the user gave it (default ``db_path``), is
         the one the lease watches for being deleted, replaced or swapped.
+        ``serve_builds``: write shared rows, which every CLM build on the database may use.
         """
         self.db_path = Path(db_path)
         self.session_id = session_id
         self._lease = None if lease_ttl is None else SessionLease(
             watch_path or self.db_path, session_id, ttl=lease_ttl)
-        self.managed_by = f"clm-workers@{socket.gethostname()}:{os.getpid()}"
+        self.owner: RowOwner = row_owner(session_id, serve_builds=serve_builds)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         #: Queries issued by :meth:`registered_rows` (benchmarks read it).
@@ -177,7 +181,7 @@ class Registry:
                     (
                         spec.worker_type, spec.executor_id, spec.execution_mode,
                         json.dumps({"module": spec.module, "image": spec.image}),
-                        self.session_id, self.managed_by, os.getpid(),
+                        self.owner.session_id, self.owner.managed_by, os.getpid(),
                     ),
                 )
                 assert cursor.lastrowid is not None
@@ -332,7 +336,7 @@ class Registry:
             with self._lock:
                 ids = [
                     int(r[0]) for r in self._db().execute(
-                        "SELECT id FROM workers WHERE session_id = ?"
+                        f"SELECT id FROM workers WHERE {running_session_sql()} = ?"
                         " AND status IN ('created', 'idle', 'busy', 'hung')",
                         (session,),
                     )

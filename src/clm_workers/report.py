@@ -82,7 +82,8 @@ class ProgressEvent:
     """One step of one worker's start, for live displays.
 
     ``kind`` is ``spawned``, ``registered`` or ``failed``; ``elapsed`` is
-    seconds since ``start_pools`` began.
+    seconds since ``start_pools`` began.  A ``failed`` event has the phase
+    and, as ``detail``, the reason of its :class:`FailedWorker`.
     """
 
     kind: Literal["spawned", "registered", "failed"]
@@ -90,3 +91,4 @@ class ProgressEvent:
     index: int
     elapsed: float
     detail: str = ""
+    phase: FailurePhase | None = None

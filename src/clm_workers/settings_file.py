@@ -88,6 +88,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lease_ttl", "seconds", 10.0, "1-3600 s",
             "how long containers outlive a manager that died without stopping them",
             env="CLM_SESSION_LEASE_TTL", minimum=1.0, maximum=3600.0),
+    Setting("serve_builds", "bool", True, "true or false",
+            "every CLM build on the database may use the pool (`clm build` reuses its workers), not only "
+            "jobs of its own session"),
     Setting("startup.concurrency", "int", 10, "a whole number from 1 to 1000",
             "how many workers are spawned at once", env="CLM_MAX_WORKER_STARTUP_CONCURRENCY",
             flag="--concurrency", minimum=1, maximum=1000),
@@ -353,6 +356,7 @@ def load_settings(
         "clm_profile": values["clm_profile"],
         "cache_db_path": values["cache_db"],
         "docker_network": values["docker.network"],
+        "serve_builds": values["serve_builds"],
     }
     return StartSettings(
         config_file=config_path,

@@ -321,7 +321,7 @@ class _StartupRun:
             "worker_failed", spec.worker_type, spec.db_worker_id, spec.execution_mode,
             f"{spec.label} failed ({phase}): {reason}", {"phase": phase, "elapsed": round(self.elapsed(), 3)},
         )])
-        self._progress("failed", spec, reason)
+        self._progress("failed", spec, reason, phase)
         if self.settings.fail_fast:
             self.fail_fatal(f"{spec.label} failed ({phase}) and fail_fast is set: {reason}")
 
@@ -332,9 +332,13 @@ class _StartupRun:
         except Exception:  # a diagnostic only
             return False
 
-    def _progress(self, kind: str, spec: WorkerSpec, detail: str = "") -> None:
+    def _progress(
+        self, kind: str, spec: WorkerSpec, detail: str = "", phase: FailurePhase | None = None
+    ) -> None:
         if self.on_progress is not None:
-            self.on_progress(ProgressEvent(kind, spec.worker_type, spec.index, self.elapsed(), detail))  # type: ignore[arg-type]
+            self.on_progress(ProgressEvent(
+                kind, spec.worker_type, spec.index, self.elapsed(), detail, phase  # type: ignore[arg-type]
+            ))
 
     # -- cleanup ---------------------------------------------------------------
 

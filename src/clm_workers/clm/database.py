@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,7 +28,8 @@ from .. import schema
 from ..errors import ConfigError
 from .installed import InstalledClm
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
+#: A SQLite database that is not empty has at least one page, of 512 bytes or more.
+_SMALLEST_DATABASE = 512
 #: How long :func:`prepare_database` retries while another process creates the same file.
 _PREPARE_RETRY_SECONDS = 10.0
 #: The tables that make a file CLM's (every generation has them).
@@ -51,16 +54,23 @@ class DatabaseState:
 
 
 def inspect_database(path: Path) -> DatabaseState:
-    """What ``path`` holds; reads only.  Raises :class:`OSError` when it cannot be read."""
+    """What ``path`` holds; reads only.  Raises :class:`OSError` when it cannot be read.
+
+    The file is never opened but by SQLite: closing any other descriptor of
+    it would drop the POSIX locks that SQLite connections of this process
+    (CLM's own, when CLM runs clm-workers in its process) hold on it, and
+    corrupt it.  SQLite itself keeps one descriptor per file and process.
+    """
     try:
-        with open(path, "rb") as f:
-            header = f.read(len(_SQLITE_HEADER))
+        size = path.stat().st_size
     except FileNotFoundError:
         return DatabaseState(Kind.NEW)
-    if not header:
+    if size == 0:
         return DatabaseState(Kind.NEW)
-    if header != _SQLITE_HEADER:
+    if size < _SMALLEST_DATABASE or not path.is_file():
         return DatabaseState(Kind.FOREIGN, reason="it is not a SQLite database")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(errno.EACCES, "permission denied", str(path))
     # ``immutable`` reads the file alone, creating nothing beside it.  A file
     # with a write-ahead log is in SQLite's use (its -wal and -shm exist
     # already) and part of it may be in the log: read it properly.
@@ -72,6 +82,8 @@ def inspect_database(path: Path) -> DatabaseState:
         try:
             tables, columns, version = _read_schema(path, "mode=ro")
         except sqlite3.DatabaseError as exc:
+            if _not_a_database(exc):
+                return DatabaseState(Kind.FOREIGN, reason="it is not a SQLite database")
             return DatabaseState(Kind.FOREIGN, reason=f"SQLite cannot read it ({exc})")
     if not tables - {"clm_worker_sessions"}:
         return DatabaseState(Kind.NEW)
@@ -88,6 +100,10 @@ def inspect_database(path: Path) -> DatabaseState:
             "(a CLM schema older than version 5)",
         )
     return DatabaseState(Kind.CLM, version=version)
+
+
+def _not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB or "not a database" in str(exc)
 
 
 def _read_schema(path: Path, mode: str) -> tuple[set[str], set[str], int | None]:

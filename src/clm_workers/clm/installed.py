@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,32 @@ class InstalledClm:
         except Exception as exc:  # CLM's configuration is CLM's to report
             log.debug("CLM's worker settings could not be read: %s", exc)
         return settings
+
+
+    def console_script(self, name: str = "clm") -> Callable[..., Any] | None:
+        """CLM's command line (its ``clm`` console script's function), or ``None`` without CLM."""
+        if self.version is None:
+            return None
+        for entry in importlib.metadata.distribution(DISTRIBUTION).entry_points:
+            if entry.group == "console_scripts" and entry.name == name:
+                loaded = entry.load()
+                return loaded if callable(loaded) else None
+        return None
+
+    def notebook_kernel_environment(self, python: str) -> dict[str, str]:
+        """What CLM 1.35's executor gives a notebook worker whose kernel runs ``python``.
+
+        CLM writes a kernelspec for that interpreter once (raising, with CLM's
+        own message, for one that cannot host a kernel) and puts its folder
+        first on ``JUPYTER_PATH``.  Empty for a CLM without course kernels.
+        """
+        kernel_env = _clm_module("clm.infrastructure.workers.kernel_env") if self.version else None
+        provision = getattr(kernel_env, "provision_course_kernel", None)
+        with_kernel = getattr(kernel_env, "jupyter_path_with_kernel", None)
+        if not (python and callable(provision) and callable(with_kernel)):
+            return {}
+        root = provision(Path(python))
+        return {"JUPYTER_PATH": str(with_kernel(root, os.environ.get("JUPYTER_PATH")))}
 
 
 @functools.cache

@@ -1,0 +1,124 @@
+"""Whole ``clm build`` wall time: plain ``clm build`` against ``clm-workers clm build``, interleaved.
+
+    python tests/clm/bench_build.py [--runs 3] [--long-cell 40] [--out FILE.json]
+
+Makes the tests' course (tests/clm: one deck with a diagram, and one deck
+whose code cell runs ``--long-cell`` seconds; 0 leaves it out), then builds
+it ``--runs`` times with each command, alternating which goes first in each
+round, every build in a fresh folder (new jobs and cache databases, new
+output: nothing is cached between builds).  Each time is the wall time of
+the whole command as a user sees it, from the process start to its exit;
+CLM's own build duration (its JSON summary) and the CPU time of the
+whole build (the command and every process under it) are recorded beside it.  Prints a
+markdown table; ``--out`` also writes every figure as JSON.  Needs CLM with
+its notebook and PlantUML extras, Java and a PlantUML jar (``PLANTUML_JAR``
+or Debian's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from clmbuild import CliBuild, drop_in_command, plain_command, run_cli_build, write_spec  # noqa: E402
+from clmtools import DEBIAN_PLANTUML_JAR, make_course, notebook_source, version_text  # noqa: E402
+
+from procs import environment_processes, wait_until  # noqa: E402
+
+COMMANDS = {"clm build": plain_command, "clm-workers clm build": drop_in_command}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="builds per command (default 3)")
+    parser.add_argument("--long-cell", type=float, default=40.0,
+                        help="seconds of the long deck's cell; 0: no long deck (default 40)")
+    parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
+    options = parser.parse_args()
+    os.environ.setdefault("PLANTUML_JAR", str(DEBIAN_PLANTUML_JAR))
+
+    with tempfile.TemporaryDirectory(prefix="clm-build-bench-") as scratch:
+        root = Path(scratch)
+        course = make_course(root / "course")
+        if options.long_cell:
+            deck = course.notebook.with_name("slides_long.py")
+            deck.write_text(notebook_source(cell_seconds=options.long_cell).replace(
+                'header("Hello", "Hallo")', 'header("Lang", "Long")'), encoding="utf-8")
+        spec = write_spec(course)
+        load_before = os.getloadavg()[0]
+        runs: list[dict[str, object]] = []
+        names = list(COMMANDS)
+        for round_ in range(options.runs):
+            for name in names if round_ % 2 == 0 else reversed(names):
+                cpu = _children_cpu()
+                build = run_cli_build(COMMANDS[name](), spec, root / f"{round_}-{names.index(name)}")
+                runs.append(_record(name, round_, build, _children_cpu() - cpu))
+                print(f"round {round_ + 1}: {name}: {build.seconds:.1f} s (exit {build.returncode})",
+                      file=sys.stderr, flush=True)
+        load_after = os.getloadavg()[0]
+
+    machine = {
+        "cores": os.cpu_count(), "python": platform.python_version(), "clm": version_text(),
+        "load_before": round(load_before, 1), "load_after": round(load_after, 1),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    print(_table(runs, machine, options))
+    if options.out is not None:
+        options.out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2) + "\n")
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every finished child and its reaped descendants (workers, kernels, JVMs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _record(name: str, round_: int, build: CliBuild, cpu: float) -> dict[str, object]:
+    # The next build starts only once this one's workers (and kernels) are gone.
+    wait_until(lambda: not environment_processes(f"DB_PATH={build.db}", f"CLM_JOBS_DB_PATH={build.db}"),
+               30, "the build's workers to be gone")
+    clm_seconds = None
+    if build.returncode == 0:
+        clm_seconds = round(float(build.summary["duration_seconds"]), 2)
+    else:
+        print(build.describe(), file=sys.stderr)
+    return {"command": name, "round": round_ + 1, "wall_seconds": round(build.seconds, 2),
+            "clm_seconds": clm_seconds, "cpu_seconds": round(cpu, 2), "exit": build.returncode}
+
+
+def _table(runs: list[dict[str, object]], machine: dict[str, object], options: argparse.Namespace) -> str:
+    course = "one deck and a PlantUML diagram" + (
+        f", and a deck with a {options.long_cell:g} s cell" if options.long_cell else "")
+    lines = [
+        f"CLM {machine['clm']}, Python {machine['python']}, {machine['cores']} cores, {machine['when']}; "
+        f"1-min load average {machine['load_before']} before, {machine['load_after']} after.  "
+        f"Course: {course} (English only; 1 notebook and 1 PlantUML worker, direct).",
+        "",
+        "| command | wall time per run (s) | median (s) | CLM's build duration, median (s) "
+        "| CPU of the whole build, median (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in COMMANDS:
+        mine = [r for r in runs if r["command"] == name]
+        walls = [float(r["wall_seconds"]) for r in mine]  # type: ignore[arg-type]
+        clm = [float(r["clm_seconds"]) for r in mine if r["clm_seconds"] is not None]  # type: ignore[arg-type]
+        cpu = [float(r["cpu_seconds"]) for r in mine]  # type: ignore[arg-type]
+        lines.append(f"| `{name}` | {', '.join(f'{w:.1f}' for w in walls)} | {statistics.median(walls):.1f} "
+                     f"| {statistics.median(clm):.1f} | {statistics.median(cpu):.1f} |"
+                     if clm else f"| `{name}` | failed | | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
