@@ -220,8 +220,8 @@ def test_clm_workers_start_exits_1_saying_its_database_was_deleted(tmp_path):
     start = StartProcess(tmp_path)
     try:
         start.wait_for_output("clm-workers: running")
-        session = wait_until(lambda: query(tmp_path / "jobs.db", "SELECT session_id FROM clm_worker_sessions"),
-                             10)[0][0]
+        [(session,)] = wait_until(
+            lambda: query(tmp_path / "jobs.db", "SELECT session_id FROM clm_worker_sessions"), 10)
         (tmp_path / "jobs.db").unlink()
         assert start.wait(timeout=30) == 1, start.stderr
     finally:
