@@ -85,6 +85,8 @@ class SessionLease:
         ``clm-workers stop`` can tell this manager from any other process.
         Raises :class:`sqlite3.Error` when the row cannot be written.
         """
+        # Absolute now (a caller may change its folder later), symlinks kept: watched as given.
+        self.db_path = Path(os.path.abspath(self.db_path))
         self._real_path = self.db_path.resolve()
         self._identity = file_identity(self._real_path)
         try:

@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from .. import display, inventory
-from ..errors import PoolStartupError, unwrap_lone_exception
+from ..errors import PoolStartupError, PoolStoppedError, unwrap_lone_exception
 from ..pool import PoolNotReadyError, WorkerPool, open_worker_pool
 from ..report import StartupReport
 from ..settings_file import StartSettings
@@ -218,6 +218,9 @@ async def _main(settings: StartSettings, body: Body, json_output: bool, if_stopp
             except PoolStartupError as exc:
                 display.note(f"clm-workers: the pool could not start: {_fatal_reason(exc, screen)}",
                              "bold red")
+                code = EXIT_NOT_STARTED
+            except PoolStoppedError as exc:  # its database file is gone: every worker is stopped
+                display.note(f"clm-workers: {exc}", "bold red")
                 code = EXIT_NOT_STARTED
             finally:
                 await screen.finish()
