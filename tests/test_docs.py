@@ -15,12 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
+FENCE = re.compile(r"```.*?```", re.DOTALL)
 
 
 def _slugs(markdown: Path) -> set[str]:
     """GitHub's anchors of a file's headings."""
     slugs = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", CODE.sub("", markdown.read_text()), re.MULTILINE):
+    # Only fenced blocks hide headings; a heading's own code span is part of its anchor.
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", markdown.read_text()), re.MULTILINE):
         text = re.sub(r"[`*_]", "", heading.strip().lower())
         slugs.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
     return slugs
