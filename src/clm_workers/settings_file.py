@@ -88,7 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lease_ttl", "seconds", 10.0, "1-3600 s",
             "how long containers outlive a manager that died without stopping them",
             env="CLM_SESSION_LEASE_TTL", minimum=1.0, maximum=3600.0),
-    Setting("serve_builds", "bool", True, "true or false",
+    Setting("serve_builds", "bool", False, "true or false",
             "every CLM build on the database may use the pool (`clm build` reuses its workers), not only "
             "jobs of its own session"),
     Setting("startup.concurrency", "int", 10, "a whole number from 1 to 1000",
