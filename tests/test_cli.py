@@ -92,7 +92,8 @@ def test_every_help_shows_log_level_and_names_values_the_same_way(command):
         metavar = shown.removesuffix(",")  # "--config FILE, -c FILE"
         if flag == "--log-level":
             continue
-        assert metavar in METAVARS or re.fullmatch(r"\{[a-z,]+\}(\[,\.\.\.\])?", metavar), (command, flag, metavar)
+        choices = re.fullmatch(r"\{[a-z,]+\}(\[,\.\.\.\])?", metavar)
+        assert metavar in METAVARS or choices, (command, flag, metavar)
     if command == "start":
         assert "--slot-mode {spawn,registration}" in text
     if command == "jobs":

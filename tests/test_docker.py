@@ -242,9 +242,9 @@ def test_a_symlink_beside_the_database_is_never_mounted(client: Any, tmp_path: P
 
 
 async def test_clm03_container_registering_with_its_hostname_is_found(client: Any, tmp_path: Path) -> None:
-    # No WORKER_ID: the worker falls back to HOSTNAME, the container's 12-character id.
+    # As a CLM 0.3 container: it registers with HOSTNAME, the container's 12-character id.
     manager = WorkerPoolManager(tmp_path / "jobs.db", tmp_path,
-                                [dsim(count=2, registration="self", env={"WORKER_ID": ""})])
+                                [dsim(count=2, registration="self", env={"CLM_REGISTER_AS": "hostname"})])
     report = await manager.start_pools()
     try:
         assert len(report.started) == 2

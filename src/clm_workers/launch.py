@@ -57,9 +57,10 @@ import time
 LIFELINE_ENV = "CLM_LIFELINE_FD"
 #: How long each step gives a worker to stop by itself once its manager is gone.
 ORPHAN_GRACE_SECONDS = 0.5
-#: When, after the lifeline closed, whatever is left of the worker's group is killed:
-#: the runtime's job grace (1 s) and its bound for giving the job back (5 s), and a margin.
-ORPHAN_KILL_SECONDS = 6.5
+#: When, after the lifeline closed, whatever is left of the worker's group is killed: an
+#: orphan must be gone within 2 s.  A job the runtime could not give back by then is given
+#: back by the next manager's (or a running one's) sweep of dead sessions.
+ORPHAN_KILL_SECONDS = 1.5
 #: The exit code of a worker stopped because its lifeline ended (EX_SOFTWARE, as the runtime's).
 ORPHANED_EXIT_CODE = 70
 

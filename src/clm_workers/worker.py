@@ -35,7 +35,8 @@ Environment (read once, by :func:`run_worker`):
     :attr:`WorkerContext.workspace`.
 ``CLM_WORKER_ID``
     the pre-registered row to activate; without it the worker self-registers
-    with ``container_id`` = ``WORKER_ID``, else ``HOSTNAME``.
+    with ``container_id`` = ``WORKER_ID``, else ``HOSTNAME`` (always ``HOSTNAME``
+    with ``CLM_REGISTER_AS=hostname``: as a CLM 0.3 container).
 ``CLM_SESSION_ID``
     stored on a self-registered row and the event; only jobs of this session
     (or of none) are claimed.
@@ -265,7 +266,10 @@ class _Config:
         self.workspace = env.get("WORKSPACE_PATH") or "."
         worker_id = env.get("CLM_WORKER_ID") or None
         self.db_worker_id = None if worker_id is None else _positive_int("CLM_WORKER_ID", worker_id)
-        self.container_id = env.get("WORKER_ID") or env.get("HOSTNAME") or ""
+        # CLM_REGISTER_AS=hostname: register as a CLM 0.3 container does, by
+        # HOSTNAME (its 12-character id), whatever WORKER_ID says.
+        by_hostname = env.get("CLM_REGISTER_AS") == "hostname"
+        self.container_id = (None if by_hostname else env.get("WORKER_ID")) or env.get("HOSTNAME") or ""
         if self.db_worker_id is None and not self.container_id:
             raise _ConfigError(
                 "WORKER_ID (or HOSTNAME) is not set; a self-registering worker needs it as "
@@ -294,7 +298,7 @@ def _execution_mode(env: Mapping[str, str]) -> str:
     with only ``HOSTNAME`` is a CLM 0.3 Docker worker.
     """
     worker_id = env.get("WORKER_ID") or ""
-    if not worker_id:
+    if not worker_id or env.get("CLM_REGISTER_AS") == "hostname":
         return "docker"
     return "docker" if worker_id.startswith("docker") else "direct"
 
