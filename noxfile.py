@@ -50,7 +50,10 @@ def image(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every startup strategy side by side; writes docs/benchmarks.md, .json and .png.
 
-    About 17 minutes on 2 cores.  ``nox -s bench -- --quick`` is the 15-second smoke run.
+    About 23 minutes on 2 cores: the simulated scenarios, then real CLM notebook
+    workers (CLM's own start against spawn and the fork server; CLM, with its
+    notebook extra, is installed into the session for it).  ``nox -s bench --
+    --quick`` is the 15-second smoke run; ``-- --scenarios clm`` the real-CLM part.
     """
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench]", "coding-academy-lecture-manager[notebook]")
     session.run("clm-workers", "bench", *session.posargs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 import trio.testing
@@ -33,11 +33,11 @@ from clm_workers.ledger import LiveWorkers
 from clm_workers.plan import WorkerSpec, plan_workers
 from clm_workers.report import StartupReport
 from clm_workers.startup import _MAX_WAIT_FACTOR, _MIN_DEADLINE_STEP, start_workers
-from clm_workers.testing import FakeBackend, FakeWorker, WorkerScript
+from clm_workers.testing import ORPHANED_EXIT_CODE, FakeBackend, FakeWorker, ForkServerScript, WorkerScript
 
 __all__ = [
-    "Run", "Scenario", "StartupSettings", "WorkerScript", "check", "run_scenario", "scenarios",
-    "time_bound", "worker_scripts",
+    "ForkServerScript", "Run", "Scenario", "StartupSettings", "WorkerScript", "check", "run_scenario",
+    "scenarios", "time_bound", "worker_scripts",
 ]
 
 #: Float slack for comparisons of virtual times (sums of sleeps).
@@ -81,9 +81,12 @@ class Scenario:
     writes_fail_at: float | None = None
     #: Seeds Trio's scheduler, which orders the tasks that are ready at one instant.
     schedule_seed: int = 0
+    #: Every pool is ``start_method="forkserver"``, forked by this fake fork server.
+    fork_server: ForkServerScript | None = None
 
     def specs(self) -> list[WorkerSpec]:
-        configs = [WorkerConfig(t, n, module="clm_workers.sim") for t, n in self.pools]
+        method = "forkserver" if self.fork_server is not None else "spawn"
+        configs = [WorkerConfig(t, n, module="clm_workers.sim", start_method=method) for t, n in self.pools]
         return plan_workers(configs, "property-session")
 
     def script_of(self) -> dict[tuple[str, int], WorkerScript]:
@@ -127,6 +130,18 @@ def worker_scripts(draw: st.DrawFn) -> WorkerScript:
 
 
 @st.composite
+def fork_server_scripts(draw: st.DrawFn) -> ForkServerScript:
+    """A fork server: how long its templates preload, whether they work, when the first one dies."""
+    return ForkServerScript(
+        preload=draw(seconds(3.0)),
+        fork_latency=draw(st.sampled_from([0.0, 0.0, 0.01, 0.2])),
+        available=draw(st.integers(0, 4).map(lambda x: x != 4)),
+        dies_at=draw(st.none() | seconds(12.0)),
+        orphan_delay=draw(st.sampled_from([0.0, 0.5, 1.0])),
+    )
+
+
+@st.composite
 def startup_settings(draw: st.DrawFn) -> StartupSettings:
     return StartupSettings(
         concurrency=draw(st.integers(1, 6) | st.sampled_from([10, 1000])),
@@ -142,7 +157,10 @@ def startup_settings(draw: st.DrawFn) -> StartupSettings:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, *, max_per_type: int = 6, outside_events: bool = True) -> Scenario:
+def scenarios(
+    draw: st.DrawFn, *, max_per_type: int = 6, outside_events: bool = True, fork_server: bool | None = None
+) -> Scenario:
+    """A generated start; ``fork_server`` ``True``/``False`` forces one or none (``None``: sometimes)."""
     types = draw(st.lists(st.sampled_from(WORKER_TYPES), min_size=1, max_size=3, unique=True))
     pools = tuple((t, draw(st.integers(0, max_per_type))) for t in types)
     total = sum(n for _, n in pools)
@@ -154,10 +172,13 @@ def scenarios(draw: st.DrawFn, *, max_per_type: int = 6, outside_events: bool = 
         poll_fails_at = draw(st.none() | st.none() | seconds(12.0))
         writes_fail_at = draw(st.none() | st.none() | st.none() | seconds(12.0))
         prepare_fails = draw(st.integers(0, 29).map(lambda x: x == 29))
+    server = None
+    if fork_server or (fork_server is None and draw(st.integers(0, 3)) == 3):
+        server = draw(fork_server_scripts())
     return Scenario(
         pools=pools, settings=draw(startup_settings()), scripts=scripts, cancel_at=cancel_at,
         poll_fails_at=poll_fails_at, prepare_fails=prepare_fails, writes_fail_at=writes_fail_at,
-        schedule_seed=draw(st.integers(0, 2**32 - 1)),
+        schedule_seed=draw(st.integers(0, 2**32 - 1)), fork_server=server,
     )
 
 
@@ -183,6 +204,17 @@ class Run:
     def finished(self) -> bool:
         """``start_workers`` returned a report (no fatal error, no cancellation)."""
         return self.report is not None
+
+    def scripts(self) -> dict[tuple[str, int], WorkerScript]:
+        """Each worker's script as it came to run: a fork server's death ends its workers early."""
+        scripts = self.scenario.script_of()
+        for worker in self.backend.workers:
+            scripts[worker.spec.key] = effective_script(worker)
+        return scripts
+
+    def plan_scripts(self) -> list[WorkerScript]:
+        scripts = self.scripts()
+        return [scripts[spec.key] for spec in self.specs]
 
     def summary(self) -> str:
         outcome = (
@@ -224,6 +256,7 @@ def run_scenario(scenario: Scenario) -> Run:
         prepare_fails=scenario.prepare_fails,
         writes_fail_at=scenario.writes_fail_at,
     )
+    backend.fork_server = scenario.fork_server
     run = Run(scenario, specs, backend, LiveWorkers())
 
     async def main() -> None:
@@ -311,7 +344,32 @@ def _post_spawn_bound(script: WorkerScript, s: StartupSettings) -> float:
     return wait + exit_wait + script.kill_latency
 
 
-def time_bound(scenario: Scenario) -> float:
+def effective_script(worker: FakeWorker) -> WorkerScript:
+    """``worker``'s script, with its template's death as an exit (code 70) where that came first."""
+    script = worker.script
+    if worker.orphaned_at is None:
+        return script
+    death = worker.orphaned_at - worker.spawned_at
+    if script.exit_after is not None and script.exit_after <= death:
+        return script
+    return replace(script, exit_after=death, exit_code=ORPHANED_EXIT_CODE)
+
+
+def orphaned_by(worker: FakeWorker, now: float) -> bool:
+    """Whether ``worker`` ended by ``now`` because its template died."""
+    return (worker.orphaned_at is not None and worker.orphaned_at <= now
+            and worker.exit_code == ORPHANED_EXIT_CODE)
+
+
+def spawn_bound(script: WorkerScript, server: ForkServerScript | None) -> float:
+    """The longest one spawn of a worker can block: with a fork server, its template's preload first."""
+    if server is None:
+        return script.spawn_latency
+    # Wait for the template, try to fork, and (its template died meanwhile) spawn instead.
+    return server.preload + server.fork_latency + script.spawn_latency
+
+
+def time_bound(scenario: Scenario, scripts: Sequence[WorkerScript] | None = None) -> float:
     """The longest ``start_workers`` may take, derived from the scripts (docs/property-tests.md).
 
     No fatal event: the spawns are greedy list scheduling on ``concurrency``
@@ -328,8 +386,8 @@ def time_bound(scenario: Scenario) -> float:
     s = scenario.settings
     if scenario.prepare_fails:
         return EPS
-    scripts = scenario.scripts
-    spawn = [w.spawn_latency for w in scripts]
+    scripts = scenario.scripts if scripts is None else scripts
+    spawn = [spawn_bound(w, scenario.fork_server) for w in scripts]
     post = [_post_spawn_bound(w, s) for w in scripts]
     if s.slot_mode == "spawn":
         normal = _graham(spawn, s.concurrency) + max(post, default=0.0)
@@ -376,7 +434,9 @@ def check_no_leak(run: Run) -> None:
     kill_failed: set[FakeWorker] = set()
     for w in run.backend.workers:
         if w.spec.key in started:
-            _require(w.running(now), inv, f"{w.spec.label} is reported started but is not running")
+            # A fork server that dies after its worker registered is an outside event (the monitor's).
+            _require(w.running(now) or orphaned_by(w, now), inv,
+                     f"{w.spec.label} is reported started but is not running")
             _require(not w.kill_times and not w.stop_requests, inv,
                      f"{w.spec.label} is reported started but was stopped at "
                      f"{w.stop_requests or w.kill_times}")
@@ -412,11 +472,21 @@ def check_accounting(run: Run) -> None:
     """3. Every worker is in exactly one of started/failed (when no fatal error), with the right phase."""
     inv = "invariant 3 (accounting)"
     sc = run.scenario
-    scripts = sc.script_of()
+    scripts = run.scripts()
     report = run.report if run.report is not None else (run.error.report if run.error else None)
     if isinstance(report, StartupReport):
         keys = [(w.worker_type, w.index) for w in report.started]
         keys += [(f.worker_type, f.index) for f in report.failed]
+        # How each reported worker's process came to be is reported as it happened:
+        # forked, or spawned with the reason (a pool asked for a fork server).
+        for reported in [*report.started, *(f for f in report.failed if f.phase != "spawn")]:
+            fake = run.backend.worker_for((reported.worker_type, reported.index))
+            assert fake is not None
+            _require((reported.start_method, reported.note) == (fake.start_method, fake.note), inv,
+                     f"{fake.spec.label} is reported {reported.start_method!r} ({reported.note!r}), "
+                     f"but was {fake.start_method!r} ({fake.note!r})")
+            _require(bool(fake.note) == (sc.fork_server is not None and fake.start_method == "spawn"), inv,
+                     f"{fake.spec.label}: started with {fake.start_method!r}, note {fake.note!r}")
         _require(len(keys) == len(set(keys)), inv, f"a worker is reported twice: {sorted(keys)}")
         for f in report.failed:
             allowed = expected_outcomes(scripts[(f.worker_type, f.index)], sc.settings)
@@ -492,7 +562,7 @@ def check_timing(run: Run) -> None:
                    f"was started or stopped (registration_timeout {s.registration_timeout}, "
                    f"waiting for a CPU {script.cpu_wait_fraction:.0%} of the time)")
         _require(False, inv, message)
-    took, bound = run.end - run.t0, time_bound(run.scenario)
+    took, bound = run.end - run.t0, time_bound(run.scenario, run.plan_scripts())
     _require(took <= bound, inv, f"the start took {took:.4f} s; its scripts imply at most {bound:.4f} s")
 
 
@@ -504,7 +574,8 @@ def check_registry(run: Run) -> None:
     for key in run.backend.row_of:
         status = run.backend.row_status(key, now)
         worker = run.backend.worker_for(key)
-        running = worker is not None and worker.running(now)
+        running = worker is not None and (
+            worker.running(now) or (key in started and orphaned_by(worker, now)))
         if status in LIVE and not running:
             # Allowed only where the database refused the engine's attempt to mark it.
             _require(key in run.backend.unmarked, inv,

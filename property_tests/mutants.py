@@ -46,13 +46,9 @@ class Mutant:
 MUTANTS = [
     Mutant(
         "no-shield", "remove the shielded cleanup (cleanup runs in the cancelled scope)",
-        "src/clm_workers/startup.py",
-        "        with trio.CancelScope(shield=True) as scope:\n"
-        "            scope.deadline = trio.current_time() + self.settings.stop_bound\n"
-        "            handles = [h for h in self._mine.snapshot() if h in self.owner]",
-        "        with trio.CancelScope() as scope:\n"
-        "            scope.deadline = trio.current_time() + self.settings.stop_bound\n"
-        "            handles = [h for h in self._mine.snapshot() if h in self.owner]",
+        "src/clm_workers/stopping.py",
+        "        with trio.CancelScope(shield=True):\n            results.append(await async_fn())",
+        "        with trio.CancelScope():\n            results.append(await async_fn())",
     ),
     Mutant(
         "no-cleanup-on-error", "remove the cleanup of the `except BaseException` path",
@@ -113,6 +109,31 @@ MUTANTS = [
         "src/clm_workers/startup.py",
         "            if start + timeout + waited <= now:",
         "            if start + timeout <= now:",
+    ),
+    # The races after startup (property_tests/test_races.py).
+    Mutant(
+        "hung-claims", "a worker whose row is hung (being retired) still takes a job",
+        "src/clm_workers/worker.py",
+        "_CLAIM_SELF = \"UPDATE workers SET status = 'busy' WHERE id = ? AND status = 'idle'\"",
+        "_CLAIM_SELF = \"UPDATE workers SET status = 'busy' WHERE id = ?\"",
+    ),
+    Mutant(
+        "lease-lock-ignored", "a lease seen expired after waiting for someone's lock counts as expired",
+        "src/clm_workers/worker.py",
+        "        if not expired or waited > LEASE_LOCK_TOLERANCE:\n",
+        "        if not expired:\n",
+    ),
+    Mutant(
+        "lease-no-confirm", "the first expired lease a container sees ends it (no confirmation)",
+        "src/clm_workers/worker.py",
+        "        return now - self.expired_since >= LEASE_CONFIRM_SECONDS\n",
+        "        return True\n",
+    ),
+    Mutant(
+        "locked-db-is-silence", "the monitor counts heartbeats missed while the database was locked",
+        "src/clm_workers/monitor.py",
+        "        for since in (busy_seen_at, locked_at):\n",
+        "        for since in (busy_seen_at,):\n",
     ),
     Mutant(
         "exits-ignored", "the watcher ignores early exits (they end as timeouts)",

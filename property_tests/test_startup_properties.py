@@ -41,6 +41,18 @@ def test_any_interleaving_keeps_the_five_invariants(scenario):
     run_and_check(scenario)
 
 
+@settings(max_examples=examples(600))
+@given(scenarios(fork_server=True))
+def test_a_fork_server_keeps_the_five_invariants(scenario):
+    """Forked workers: a template's preload, its unavailability (spawned instead), its death."""
+    run = run_and_check(scenario)
+    if run.backend.templates:
+        event("fork server: some template died" if any(w.orphaned_at is not None for w in run.backend.workers)
+              else "fork server: no template died")
+    if any(w.start_method == "spawn" for w in run.backend.workers):
+        event("fork server: some workers spawned instead")
+
+
 @settings(max_examples=examples(400))
 @given(scenarios(outside_events=False))
 def test_without_outside_events_every_worker_is_accounted_for(scenario):

@@ -11,9 +11,10 @@ import textwrap
 from contextlib import closing
 from pathlib import Path
 
-from procs import alive, session_processes, wait_until
+from procs import alive, give_to_data_owner, session_processes, wait_until
 
 SIM = "clm_workers.sim"
+DOCKER_IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
 
 
 def clm_workers(
@@ -121,5 +122,34 @@ def no_worker_left(session: str, timeout: float = 10) -> None:
     wait_until(lambda: not session_processes(session), timeout)
 
 
-__all__ = ["SIM", "StartProcess", "alive", "clm_workers", "db_rows", "no_worker_left", "session_of",
-           "sim_pools", "statuses", "wait_registered", "write_config"]
+def require_docker(folder: Path, image: str = DOCKER_IMAGE) -> None:
+    """Skip without an engine or the worker image; fail instead with ``CLM_REQUIRE_DOCKER_TESTS=1`` (CI).
+
+    ``folder`` (the database's and workspace's) is given to a user other than
+    root: containers never run as root.
+    """
+    give_to_data_owner(folder)
+    import docker
+    import docker.errors
+    import pytest
+
+    problem = None
+    try:
+        client = docker.from_env(version="auto", timeout=10)
+    except docker.errors.DockerException as exc:
+        problem = f"no Docker engine is reachable ({exc})"
+    else:
+        try:
+            client.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            problem = f"the worker image {image} is missing; build it with `nox -s image`"
+        finally:
+            client.close()
+    if problem is not None:
+        if os.environ.get("CLM_REQUIRE_DOCKER_TESTS") == "1":
+            raise AssertionError(f"{problem} (CLM_REQUIRE_DOCKER_TESTS=1)")
+        pytest.skip(problem)
+
+
+__all__ = ["DOCKER_IMAGE", "SIM", "StartProcess", "alive", "clm_workers", "db_rows", "no_worker_left",
+           "require_docker", "session_of", "sim_pools", "statuses", "wait_registered", "write_config"]

@@ -15,6 +15,18 @@ from typing import IO, Any, TypeVar
 T = TypeVar("T")
 
 
+#: Whom the data of a test with containers belongs to when the tests run as root:
+#: containers run as the data's owner, never as root (a root-owned folder is refused).
+DATA_OWNER = (4242, 4242)
+
+
+def give_to_data_owner(folder: Path) -> Path:
+    """Make ``folder`` a user's (not root's), as containers need, when the tests run as root."""
+    if os.getuid() == 0:
+        os.chown(folder, *DATA_OWNER)
+    return folder
+
+
 def wait_until(
     predicate: Callable[[], T], timeout: float = 5.0, what: str = "", *, interval: float = 0.01
 ) -> T:

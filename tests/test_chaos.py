@@ -18,12 +18,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import trio
 
-from clm_workers import PoolStartupError, WorkerConfig, WorkerPoolManager, schema
+from clm_workers import MonitorSettings, PoolStartupError, WorkerConfig, WorkerPoolManager, schema
 from clm_workers.plan import plan_workers
 from procs import JsonLines as Lines
 from procs import alive, session_processes, wait_until
@@ -65,22 +67,32 @@ def kill_sessions(sessions: list[str]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def manager_process(tmp_path: Path, body: str) -> subprocess.Popen:
-    """A manager in its own process (so it can be interrupted or killed), talking JSON lines."""
+def manager_process(tmp_path: Path, body: str, start_method: str = "spawn") -> subprocess.Popen:
+    """A manager in its own process (so it can be interrupted or killed), talking JSON lines.
+
+    Its ``sim()`` pools use ``start_method`` (``forkserver``: forked from a
+    template that preloaded the simulated worker's runtime).
+    """
     script = tmp_path / "chaos_manager.py"
     script.write_text(textwrap.dedent("""
-        import json, sys, trio
+        import json, signal, sys, trio
         from pathlib import Path
+        # Ctrl-C is KeyboardInterrupt here even if this test runs where SIGINT is ignored
+        # (a background job inherits SIG_IGN, and Trio then installs no handler).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from clm_workers import WorkerConfig, WorkerPoolManager
         tmp = Path(sys.argv[1])
+        START_METHOD = sys.argv[2]
         def say(**message):
             print(json.dumps(message), flush=True)
         def sim(worker_type, count, boot):
+            preload = ("clm_workers.worker",) if START_METHOD == "forkserver" else None
             return WorkerConfig(worker_type, count, module="clm_workers.sim",
-                                env={"CLM_SIM_BOOT_DELAY": str(boot)})
+                                env={"CLM_SIM_BOOT_DELAY": str(boot)},
+                                start_method=START_METHOD, preload=preload)
     """) + textwrap.dedent(body))
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path), start_method],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
 
@@ -124,11 +136,12 @@ SIGINT_MANAGER = """
 """
 
 
-def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path):
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path, start_method):
     """20 starts of 32 workers, each interrupted by SIGINT at a random (seeded) moment."""
     rng = random.Random(SIGINT_SEED)
     db = tmp_path / "jobs.db"
-    proc = manager_process(tmp_path, SIGINT_MANAGER)
+    proc = manager_process(tmp_path, SIGINT_MANAGER, start_method)
     lines = Lines(proc)
     sessions: list[str] = []
     phases: list[str] = []
@@ -165,8 +178,9 @@ def test_sigint_at_random_moments_leaves_no_worker_and_no_claim(tmp_path):
 # -- SIGKILL of the manager ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 @pytest.mark.parametrize("moment", ["while spawning", "while waiting for registrations", "after startup"])
-def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment):
+def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment, start_method):
     """Unlike tests/test_manager.py's version: 32 workers, a kill in the middle of the
     spawns too, every process of the session checked (not only those seen before the
     kill), and no row left claiming a registered worker."""
@@ -181,7 +195,7 @@ def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment
         trio.run(manager.start_pools)
         say(event="started", running=manager.running)
         trio.run(trio.sleep_forever)
-    """)
+    """, start_method)
     lines = Lines(proc)
     session = ""
     try:
@@ -189,9 +203,11 @@ def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment
         if moment == "while spawning":
             seen = wait_until(lambda: session_processes(session), 15, interval=0.002)
         elif moment == "while waiting for registrations":
+            templates = 1 if start_method == "forkserver" else 0
+
             def all_spawned():
                 found = session_processes(session)
-                return len(found) == 32 and found
+                return len(found) == 32 + templates and found
 
             seen = wait_until(all_spawned, 15)
         else:
@@ -201,6 +217,7 @@ def test_manager_killed_with_sigkill_leaves_no_worker_after_2_s(tmp_path, moment
         killed_at = time.monotonic()
         proc.wait(5)
         if moment == "while spawning":
+            # (a fork server's template counts as one of them)
             assert len(seen) < 32, "the kill should have come in the middle of the spawns"
         left = 2.0 - (time.monotonic() - killed_at)
         wait_until(lambda: not session_processes(session), max(left, 0.0))
@@ -334,3 +351,164 @@ async def test_a_replacement_that_fails_leaves_the_running_pool_alone(tmp_path, 
         with trio.CancelScope(shield=True):
             await manager.stop_pools()
         kill_sessions([manager.session_id])
+
+
+# -- Ctrl-C twice (or more) in CLM's library path -------------------------------------------
+
+
+def test_more_ctrl_c_during_the_cleanup_of_start_pools_do_not_abandon_it(tmp_path):
+    """Three SIGINTs: one while 8 workers boot, two more while the cleanup waits out their grace."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, f"""
+        env = {{"PYTHONPATH": {str(Path(__file__).resolve().parent)!r}, "TEST_REPORT_DIR": {str(reports)!r}}}
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp,
+                                    [WorkerConfig("notebook", 8, module="workers_for_tests.deaf", env=env)],
+                                    registration_timeout=60, stop_timeout=2)
+        say(event="session", session=manager.session_id)
+        try:
+            trio.run(manager.start_pools)
+        except BaseException as exc:
+            say(event="raised", type=type(exc).__name__, running=manager.running)
+        sys.stdin.readline()
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        session = lines.next(15)["session"]
+        wait_until(lambda: len(list(reports.glob("*.ready"))) == 8, 30, "eight workers booting")
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: any(reports.glob("*.term")), 15, "the cleanup's SIGTERM")
+        proc.send_signal(signal.SIGINT)   # during the 2 s grace
+        proc.send_signal(signal.SIGINT)
+        outcome = lines.next(30)
+        # Still the one exception a Ctrl-C makes, and the cleanup finished: it killed
+        # every worker (they ignore SIGTERM) and released every row, before the child
+        # exits (whose lifeline would end the workers anyway).
+        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
+        assert session_processes(session) == []
+        assert live_rows(db, session) == []
+    finally:
+        end_process(proc)
+        kill_sessions([session])
+
+
+def test_ctrl_c_during_stop_pools_does_not_abandon_the_stop(tmp_path):
+    """A SIGINT while stop_pools waits for two busy workers: the stop completes, then KeyboardInterrupt."""
+    db = tmp_path / "jobs.db"
+    logs = tmp_path / "logs"
+    proc = manager_process(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 2, 0)], stop_timeout=3,
+                                    log_dir={str(logs)!r})
+        trio.run(manager.start_pools)
+        for i in range(2):
+            (tmp / f"in{{i}}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {{"seconds": 60}})
+        say(event="session", session=manager.session_id)
+        sys.stdin.readline()
+        try:
+            trio.run(manager.stop_pools)
+            say(event="stopped", running=manager.running)
+        except BaseException as exc:
+            say(event="raised", type=type(exc).__name__, running=manager.running)
+        sys.stdin.readline()
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        session = lines.next(30)["session"]
+        wait_until(lambda: sqlite3.connect(db).execute(
+            "SELECT count(*) FROM jobs WHERE status = 'processing'").fetchone()[0] == 2, 15,
+            "two jobs running")
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        # The workers finish their job on SIGTERM (they get the 3 s grace): interrupt then.
+        wait_until(lambda: sum("stopping (signal 15)" in p.read_text() for p in logs.glob("*.log")) == 2,
+                   15, "both workers asked to stop")
+        proc.send_signal(signal.SIGINT)
+        outcome = lines.next(30)
+        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
+        assert session_processes(session) == []
+        assert live_rows(db, session) == []
+        with sqlite3.connect(db) as conn:  # the jobs went back to the queue, as in any stop
+            assert conn.execute("SELECT status FROM jobs").fetchall() == [("pending",), ("pending",)]
+    finally:
+        end_process(proc)
+        kill_sessions([session])
+
+
+# -- a manager that dies while its workers are busy -------------------------------------------
+
+
+def test_busy_workers_of_a_killed_manager_leave_no_child_and_give_every_job_back(tmp_path):
+    """24 workers, each running a job with a child process (as a kernel): the manager is SIGKILLed.
+
+    Every worker and child is gone within 2 s, and every job is back in the queue: all
+    24 workers give their job back at the same moment, and each release must get through.
+    """
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, """
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 24, 0)])
+        trio.run(manager.start_pools)
+        for i in range(24):
+            (tmp / f"in{i}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{i}", f"out{i}", {"child_seconds": 120})
+        say(event="started", session=manager.session_id, running=manager.running)
+        trio.run(trio.sleep_forever)
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        started = lines.next(120)
+        session = started["session"]
+        assert started["running"] == 24
+        # Each worker and its job's child: 48 processes of the session.
+        wait_until(lambda: len(session_processes(session)) == 48, 60, "24 jobs with a child each")
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(5)
+        wait_until(lambda: not session_processes(session), 15, "the workers and their children to go",
+                   interval=0.02)
+        gone_after = time.monotonic() - killed_at
+        with sqlite3.connect(db, timeout=30) as conn:
+            jobs = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+        print(f"all 48 processes gone {gone_after:.2f} s after the SIGKILL; jobs: {jobs}")
+        assert gone_after <= 2.0
+        assert jobs == {"pending": 24}, jobs
+        assert live_rows(db, session) == []
+    finally:
+        end_process(proc)
+        kill_sessions([session] if session else [])
+
+
+def test_a_running_manager_releases_what_a_dead_manager_left(tmp_path):
+    """Another manager died long ago (its lease expired) and left a busy row and a job in
+    processing: the running pool's monitor releases both, and its workers do the job."""
+    db = tmp_path / "jobs.db"
+    settings = MonitorSettings(interval=0.1, dead_session_sweep=0.5)
+    manager = WorkerPoolManager(db, tmp_path, [sim("notebook", 1, 0)])
+    trio.run(manager.start_pools)
+    manager.start_monitoring(settings)
+    try:
+        dead = uuid.uuid4().hex
+        (tmp_path / "left.in").write_text("x")
+        with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+            conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
+                         " VALUES (?, 999999, 'gone', julianday('now') - 1)", (dead,))
+            row = conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
+                               " VALUES ('notebook', ?, 'busy', ?)", (f"direct-notebook-0-{dead[:8]}", dead)
+                               ).lastrowid
+            job = conn.execute("INSERT INTO jobs (job_type, status, input_file, output_file, content_hash,"
+                               " payload, worker_id, attempts, started_at) VALUES ('notebook', 'processing',"
+                               " 'left.in', 'left.out', '', '{}', ?, 1, CURRENT_TIMESTAMP)", (row,)).lastrowid
+
+        def state():
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
+                return (conn.execute("SELECT status FROM workers WHERE id = ?", (row,)).fetchone()[0],
+                        conn.execute("SELECT status, attempts FROM jobs WHERE id = ?", (job,)).fetchone())
+
+        wait_until(lambda: state() == ("dead", ("completed", 2)), 15, "the left job done by this pool")
+    finally:
+        trio.run(manager.stop_pools)
+    assert session_processes(manager.session_id) == []

@@ -9,6 +9,8 @@ rules are checked in-process on :func:`load_settings`.
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -133,15 +135,40 @@ def test_status_and_stop_find_the_database_flag_env_then_file(tmp_path):
     assert resolve_database(None, flag=None, environ={}) is None
 
 
+def test_env_numbers_in_the_file_become_strings(tmp_path):
+    settings = load_settings(write_config(tmp_path, ONE_POOL + "env = { CLM_SIM_BOOT_DELAY = 0.5, N = 3 }\n"),
+                             environ={})
+    assert dict(settings.worker_configs[0].env) == {"CLM_SIM_BOOT_DELAY": "0.5", "N": "3"}
+
+
+def test_status_and_stop_read_only_the_database_of_the_file(tmp_path):
+    # A typo elsewhere in the file must not keep anyone from looking at (or stopping) a pool.
+    config = write_config(tmp_path, 'database = "mine.db"\nlog_dir = "logs"\n[startup]\nconcurency = 4\n'
+                          + ONE_POOL.replace("count = 2", "cuont = 2"))
+    assert resolve_database(config, flag=None, environ={}, shown_as="workers.toml") == (
+        tmp_path.resolve() / "mine.db", "database (workers.toml, line 1)")
+    from clm_workers.settings_file import resolve_log_dir
+
+    assert resolve_log_dir(config, flag=None) == tmp_path.resolve() / "logs"
+    result = clm_workers("status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"clm-workers: error: database (workers.toml, line 1): "
+                                            f"'{tmp_path.resolve() / 'mine.db'}' is not allowed; expected "
+                                            "the path of an existing CLM jobs database")
+    not_toml = write_config(tmp_path, "database = [\n", "broken.toml")
+    with pytest.raises(ConfigError, match=r"broken\.toml.*: not valid TOML"):
+        resolve_database(not_toml, flag=None, environ={}, shown_as="broken.toml")
+
+
 def test_a_module_that_python_cannot_run_is_refused_before_anything_starts(tmp_path):
     runnable = load_settings(write_config(tmp_path, ONE_POOL), environ={})
     check_modules(runnable)  # clm_workers.sim is installed
     (tmp_path / "my_worker.py").write_text("print('hi')\n")  # in the workspace: `python -m` finds it
     check_modules(load_settings(write_config(tmp_path, ONE_POOL.replace(SIM, "my_worker"), "w.toml"),
                                 environ={}))
-    package = load_settings(write_config(tmp_path, ONE_POOL.replace(SIM, "clm_workers"), "p.toml"),
+    package = load_settings(write_config(tmp_path, ONE_POOL.replace(SIM, "clm_workers.commands"), "p.toml"),
                             environ={})
-    with pytest.raises(ConfigError, match="'clm_workers' is not allowed"):
+    with pytest.raises(ConfigError, match="'clm_workers.commands' is not allowed"):
         check_modules(package)  # a package without __main__
     default = load_settings(write_config(
         tmp_path, 'clm_profile = "0.3"\n[[pools]]\ntype = "notebook"\ncount = 1\n', "d.toml"), environ={})
@@ -166,6 +193,14 @@ def test_docs_table_lists_every_setting_with_its_variable():
 
 
 BAD_FILES = [
+    pytest.param(
+        ONE_POOL + 'start_method = "fork"\n',
+        r"pools\[0\]\.start_method \(workers\.toml, line 6\): 'fork' is not allowed; "
+        r"expected one of 'spawn', 'forkserver'", id="bad-start-method"),
+    pytest.param(
+        ONE_POOL + 'start_method = "forkserver"\npreload = "json"\n',
+        r"pools\[0\]\.preload \(workers\.toml, line 7\): 'json' is not allowed; "
+        r"expected a list of dotted Python module names", id="preload-not-a-list"),
     pytest.param(
         ONE_POOL.replace("count = 2", "count = -3"),
         r"pools\[0\]\.count \(workers\.toml, line 4\): -3 is not allowed; "
@@ -197,7 +232,9 @@ BAD_FILES = [
     pytest.param(
         ONE_POOL + "cuont = 3\n",
         r"workers\.toml, line 6: unknown setting 'pools\[0\]\.cuont'; did you mean 'count'\? "
-        r"\(allowed in \[\[pools\]\]: count, env, image, memory, mode, module, registration, type\)",
+        r"\(allowed in \[\[pools\]\]: count, env, image, memory, mode, module, preload, registration, "
+        r"start_method, "
+        r"type\)",
         id="unknown-key"),
     pytest.param(
         "[startup]\nconcurency = 4\n" + ONE_POOL,
@@ -214,6 +251,33 @@ BAD_FILES = [
     pytest.param(
         "[startup]\nconcurrency = 4\n",
         r"pools \(workers\.toml\): missing; expected at least one \[\[pools\]\] table", id="no-pools"),
+    pytest.param(
+        ONE_POOL + 'mode = "docker"\nimage = "My Image:latest"\n',
+        r"pools\[0\]\.image \(workers\.toml, line 7\): 'My Image:latest' is not allowed; "
+        r"expected a Docker image reference such as 'clm-workers-sim:latest'", id="bad-image-reference"),
+    pytest.param(
+        ONE_POOL.replace('type = "notebook"', f'type = "{"n" * 65}"'),
+        r"pools\[0\]\.type \(workers\.toml, line 3\): 'n{65}' is not allowed; "
+        r"expected a name of up to 64 letters, digits", id="over-long-type"),
+    pytest.param(
+        ONE_POOL + 'mode = "docker"\nimage = "UPPER CASE!!"\n',
+        r"pools\[0\]\.image \(workers\.toml, line 7\): 'UPPER CASE!!' is not allowed; "
+        r"expected a Docker image reference", id="image-upper-case"),
+    pytest.param(
+        ONE_POOL.replace('type = "notebook"', f'type = "{"n" * 5000}"'),
+        r"pools\[0\]\.type \(workers\.toml, line 3\): 'n{5000}' is not allowed; "
+        r"expected a name of up to 64 letters, digits", id="type-of-5000-characters"),
+    pytest.param(
+        ONE_POOL + 'env = { CLM_SESSION_ID = "someone-elses" }\n',
+        r"pools\[0\]\.env \(workers\.toml, line 6\): 'CLM_SESSION_ID' is not allowed; expected a variable "
+        r"the manager does not set itself", id="env-reserved-session"),
+    pytest.param(
+        ONE_POOL + 'env = { DB_PATH = "/elsewhere/jobs.db" }\n',
+        r"pools\[0\]\.env \(workers\.toml, line 6\): 'DB_PATH' is not allowed", id="env-reserved-db-path"),
+    pytest.param(
+        ONE_POOL + "env = { VERBOSE = true }\n",
+        r"pools\[0\]\.env\.VERBOSE \(workers\.toml, line 6\): True is not allowed; "
+        r"expected a string, or a number \(converted to a string\)", id="env-bool"),
 ]
 
 
@@ -280,6 +344,33 @@ def test_database_in_a_missing_folder_is_refused(tmp_path):
     result = clm_workers("start", "--db", "nowhere/jobs.db", cwd=tmp_path)
     assert_refused(result, r"--db: '.*nowhere/jobs\.db' is not allowed; expected a file in an existing, "
                            r"writable folder \(.*nowhere does not exist\)", tmp_path)
+
+
+def _another_applications_sqlite(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('mine')")
+        conn.commit()
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (_another_applications_sqlite, r"it has no jobs, schema_version, workers table \(tables: notes\)"),
+    (lambda path: path.write_text("my diary\n"), "it is not a SQLite database"),
+], ids=["another application's SQLite file", "not a SQLite file"])
+def test_a_database_that_is_not_clm_s_is_refused_and_left_as_it_was(tmp_path, make, why):
+    target = tmp_path / "data" / "notes.db"
+    target.parent.mkdir()
+    make(target)
+    before = target.read_bytes()
+    write_config(tmp_path, 'database = "data/notes.db"\n' + ONE_POOL)
+    result = clm_workers("start", cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    [line] = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"clm-workers: error: database \(workers\.toml, line 1\): '.*/data/notes\.db' is not "
+                        rf"allowed; expected a CLM jobs database or a new file: {why}; it was left unchanged",
+                        line), line
+    assert target.read_bytes() == before  # no table added, no WAL mode
+    assert sorted(p.name for p in target.parent.iterdir()) == ["notes.db"]  # no -wal, -shm, logs
 
 
 def test_no_config_file_says_how_to_give_one(tmp_path):

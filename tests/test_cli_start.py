@@ -7,6 +7,7 @@ never by sleeping.
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import pytest
@@ -23,6 +24,7 @@ from clitools import (
     write_config,
 )
 from procs import session_processes, wait_until
+from terminal import TerminalProcess
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -169,3 +171,102 @@ def test_deaths_and_replacements_after_startup_are_plain_lines(tmp_path):
         start.kill()
     running = start.stderr.split("clm-workers: running", 1)[1]
     assert "✗ notebook#0 exited with code 4" in running and "✓ notebook#0 registered, pid " in running
+
+
+# -- on a terminal: what the screen says, at 80 columns as at 200 --------------------------------
+
+ROW = re.compile(r"^\s*(\d+)\s+(\S+#\d+)\s+(\w+)\s+(\S+)\s+(\d+)\s+(\d+)\b")
+
+
+def _rows(screen: str, after: str) -> list[tuple[str, ...]]:
+    """The worker rows of the last table on the screen that follows the line containing ``after``."""
+    lines = screen.splitlines()
+    start = max(i for i, line in enumerate(lines) if after in line)
+    return [m.groups() for line in lines[start:] if (m := ROW.match(line))]
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_the_live_screen_tells_the_truth(tmp_path, columns):
+    write_config(tmp_path, "[startup]\nconcurrency = 10\n" + sim_pools(notebook=2, plantuml=1) + f"""
+        [[pools]]
+        type = "drawio"
+        count = 1
+        module = "{SIM}"
+        env = {{ CLM_SIM_FAIL = "crash" }}
+    """)
+    # An earlier session's job: not this pool's, so never counted in its footer.
+    earlier = StartProcess(tmp_path)
+    try:
+        earlier.wait_for_output("clm-workers: running")
+        (tmp_path / "in.txt").write_text("x\n")
+        first = clm_workers("submit", "notebook", "in.txt", "o.txt", "--wait", "30", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        earlier.popen.send_signal(signal.SIGTERM)
+        assert earlier.wait() == 0
+    finally:
+        earlier.kill()
+
+    terminal = TerminalProcess(tmp_path, "start", columns=columns, lines=40)
+    try:
+        screen = terminal.wait_for("Ctrl-C to stop")
+        lines = screen.splitlines()
+        # Wrapped at word boundaries with an indent, never inside "concurrency 10".
+        announce = next(i for i, line in enumerate(lines) if line.startswith("clm-workers: starting"))
+        assert "concurrency 10" in lines[announce] or lines[announce + 1].startswith("  concurrency 10")
+        failures = [line for line in lines if "drawio#0 failed" in line]
+        assert len(failures) == 1 and failures[0].startswith("✗ drawio#0 failed (exit): exited with code 3")
+        assert not any(line.startswith(("ERROR", "WARNING")) for line in lines), screen
+        rows = _rows(screen, "clm-workers · ")
+        # One row per worker, by name; the one that failed to start stays, dead; failed is 0, not blank.
+        assert [(r[1], r[2]) for r in rows] == [
+            ("drawio#0", "dead"), ("notebook#0", "idle"), ("notebook#1", "idle"), ("plantuml#0", "idle")]
+        assert all(r[5] == "0" for r in rows)
+        assert "3 running · 1 dead" in screen
+        assert "jobs: 0 pending, 0 processing, 0 completed, 0 failed" in screen   # this session's jobs only
+
+        ok = clm_workers("submit", "notebook", "in.txt", "o2.txt", "--wait", "30", cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        bad = clm_workers("submit", "plantuml", "missing.txt", "o3.txt", "--wait", "30", cwd=tmp_path)
+        assert bad.returncode == 1
+        screen = terminal.wait_for("0 pending, 0 processing, 1 completed, 1 failed")
+        rows = _rows(screen, "clm-workers · ")
+        assert ("plantuml#0", "1") in [(r[1], r[5]) for r in rows]
+
+        terminal.ctrl_c()
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+    screen = terminal.text()
+    assert "Traceback" not in screen
+    # The last frame is read after the stop: every worker as the database has it then.
+    final = _rows(screen, "clm-workers · stopped")
+    assert [r[1] for r in final] == ["drawio#0", "notebook#0", "notebook#1", "plantuml#0"]
+    assert {r[2] for r in final} == {"dead"}, screen
+    assert "clm-workers · stopped · 4 dead" in screen
+    assert screen.splitlines()[-1].startswith("Stopped every worker in ")
+    if columns == 80:
+        assert "SIGINT: stopping every worker (SIGTERM, up to 5 s grace, then\n  SIGKILL)…" in screen
+
+
+def test_fail_fast_says_the_reason_once(tmp_path):
+    write_config(tmp_path, "[startup]\nfail_fast = true\n" + sim_pools(notebook=1, plantuml=0) + f"""
+        [[pools]]
+        type = "drawio"
+        count = 1
+        module = "{SIM}"
+        env = {{ CLM_SIM_FAIL = "crash" }}
+    """)
+    result = clm_workers("start", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("simulated crash") == 1, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith("ERROR ")]
+    fatal = "clm-workers: the pool could not start: drawio#0 failed (exit) and fail_fast is set"
+    if "✗ drawio#0 failed (exit)" in result.stderr:  # the failure was on screen before the pool gave up
+        assert f"{fatal} (its reason is above); every worker was stopped" in result.stderr
+    else:                                              # the fatal error came first: its line has the reason
+        assert f"{fatal}: exited with code 3 before registering" in result.stderr
+    # Asked for, the engine's own log line is there too.
+    loud = clm_workers("start", "--log-level", "ERROR", cwd=tmp_path, timeout=60)
+    assert loud.returncode == 1
+    assert [line for line in loud.stderr.splitlines()
+            if line.startswith("ERROR clm_workers.startup: pool startup failed: drawio#0")]

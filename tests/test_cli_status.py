@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 
 from clitools import StartProcess, clm_workers, session_of, sim_pools, write_config
+from procs import wait_until
 
 WORKER_KEYS = {
     "id", "worker_type", "status", "execution_mode", "container_id", "session_id", "pid",
     "jobs_processed", "jobs_failed", "started_at", "last_heartbeat", "heartbeat_age", "age",
-    "label", "index",
+    "label", "index", "process_running",
 }
 EVENT_KEYS = {"id", "created_at", "event_type", "worker_type", "worker_id", "execution_mode", "message",
               "session_id", "metadata"}
-SESSION_KEYS = {"session_id", "pid", "host", "started_at", "lease_left", "alive"}
+SESSION_KEYS = {"session_id", "pid", "host", "started_at", "lease_left", "alive", "state", "manager_running"}
 
 
 def test_status_json_of_a_running_pool_then_of_the_stopped_one(tmp_path):
@@ -33,11 +36,13 @@ def test_status_json_of_a_running_pool_then_of_the_stopped_one(tmp_path):
         [running] = data["sessions"]
         assert set(running) == SESSION_KEYS
         assert running["session_id"] == session and running["alive"] is True
+        assert running["state"] == "running" and running["manager_running"] is True
         assert running["pid"] == start.popen.pid and running["lease_left"] > 0
         assert len(data["workers"]) == 3
         for worker in data["workers"]:
             assert set(worker) == WORKER_KEYS
             assert worker["status"] == "idle" and worker["session_id"] == session
+            assert worker["process_running"] is True
             assert isinstance(worker["pid"], int) and worker["execution_mode"] == "direct"
             assert worker["last_heartbeat"].endswith("Z") and worker["heartbeat_age"] >= 0
         assert sorted(w["label"] for w in data["workers"]) == ["notebook#0", "notebook#1", "plantuml#0"]
@@ -51,7 +56,7 @@ def test_status_json_of_a_running_pool_then_of_the_stopped_one(tmp_path):
         start.kill()
 
     after = json.loads(clm_workers("status", "--db", str(db), "--json").stdout)
-    assert after["sessions"][0]["alive"] is False
+    assert after["sessions"][0]["alive"] is False and after["sessions"][0]["state"] == "stopped"
     assert after["workers"] == [] and after["dead_hidden"] == 3
     every = json.loads(clm_workers("status", "--db", str(db), "--json", "--all").stdout)
     assert [w["status"] for w in every["workers"]] == ["dead"] * 3
@@ -93,3 +98,26 @@ def test_status_of_a_missing_or_foreign_file_is_bad_input(tmp_path):
     from_env = clm_workers("status", env={"CLM_JOBS_DB_PATH": str(tmp_path / "env.db")})
     assert from_env.returncode == 2
     assert "database (env CLM_JOBS_DB_PATH): " in from_env.stderr
+
+
+def test_a_killed_manager_is_gone_at_once_not_running_until_its_lease_ends(tmp_path):
+    write_config(tmp_path, sim_pools(notebook=2, plantuml=0))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        db = tmp_path / "jobs.db"
+        session = session_of(db)
+        os.kill(start.popen.pid, signal.SIGKILL)
+        start.wait()
+    finally:
+        start.kill()
+    data = json.loads(clm_workers("status", "--db", str(db), "--json", "--all").stdout)
+    [gone] = data["sessions"]
+    assert gone["session_id"] == session and gone["state"] == "gone" and gone["manager_running"] is False
+    table = clm_workers("status", "--db", str(db)).stdout
+    assert re.search(rf"gone \((manager pid {start.popen.pid} not running; lease ends in \d+ s|its lease "
+                     r"ran out)\)", table), table
+    assert "running (lease" not in table
+    # Its workers end by their lifeline; until their rows say so, no row claims a live process.
+    wait_until(lambda: all(w["status"] == "dead" or w["process_running"] is False for w in json.loads(
+        clm_workers("status", "--db", str(db), "--json", "--all").stdout)["workers"]), 30)

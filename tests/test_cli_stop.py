@@ -12,27 +12,39 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import uuid
+from contextlib import closing
+from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
 
 from clitools import (
+    DOCKER_IMAGE,
     StartProcess,
     alive,
     clm_workers,
     db_rows,
     no_worker_left,
+    require_docker,
     session_of,
     sim_pools,
     statuses,
     write_config,
 )
+from clm_workers import schema
 from procs import session_processes, wait_until
+
+
+def start_stamp(pid: int) -> str:
+    """``<boot id>:<start tick>``: how a manager records itself (clm_workers.ownership), read here."""
+    ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}:{ticks}"
 
 
 def test_stop_asks_a_running_start_to_stop_its_workers(tmp_path):
@@ -86,12 +98,16 @@ def test_stop_cleans_up_after_a_manager_that_was_killed(tmp_path):
 FAKE_MANAGER = textwrap.dedent("""
     import os, signal, sys, time
     from clm_workers import schema
+    from clm_workers.ownership import ManagerToken, start_stamp
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     conn = schema.connect(sys.argv[1])
     schema.ensure_schema(conn)
-    conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
-                 " VALUES (?, ?, ?, julianday('now') + 1)", (sys.argv[2], os.getpid(), sys.argv[3]))
+    token = ManagerToken(sys.argv[2])  # what a real manager holds: stop signals only it
+    token.create()
+    conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at, proc_start)"
+                 " VALUES (?, ?, ?, julianday('now') + 1, ?)",
+                 (sys.argv[2], os.getpid(), sys.argv[3], start_stamp()))
     conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
                  " VALUES ('notebook', 'direct-notebook-0-0000abcd', 'idle', ?)", (sys.argv[2],))
     print("ready", flush=True)
@@ -221,36 +237,21 @@ def test_stop_interrupts_a_library_manager_which_stops_its_pool_in_its_finally(t
     assert statuses(db) == ["dead", "dead"]
 
 
-def _docker_problem() -> str | None:
-    try:
-        client = docker.from_env(version="auto", timeout=10)
-    except docker.errors.DockerException as exc:
-        return f"no Docker engine is reachable ({exc})"
-    try:
-        client.api.inspect_image(DOCKER_IMAGE)
-    except docker.errors.ImageNotFound:
-        return f"the worker image {DOCKER_IMAGE} is missing; build it with `nox -s image`"
-    finally:
-        client.close()
-    return None
-
-
-DOCKER_IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
-
-
-def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
-    problem = _docker_problem()
-    if problem is not None:
-        if os.environ.get("CLM_REQUIRE_DOCKER_TESTS") == "1":
-            raise AssertionError(f"{problem} (CLM_REQUIRE_DOCKER_TESTS=1)")
-        pytest.skip(problem)
+@pytest.mark.parametrize("when", ["at once", "after they stopped by themselves"])
+def test_stop_removes_the_containers_a_killed_manager_left(tmp_path, when):
+    """At once: they still run.  Later: their lease ran out, they exited and marked their rows
+    dead, so the session claims nothing any more, but its exited containers are still there."""
+    require_docker(tmp_path, DOCKER_IMAGE)
     write_config(tmp_path, f"""
+        lease_ttl = 2
+
         [[pools]]
         type = "notebook"
         count = 2
         mode = "docker"
         image = "{DOCKER_IMAGE}"
         module = "clm_workers.sim"
+        env = {{ CLM_HEARTBEAT_INTERVAL = "0.5" }}
     """)
     start = StartProcess(tmp_path)
     client = docker.from_env(version="auto")
@@ -260,6 +261,9 @@ def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
         label = {"label": f"clm.session={session}"}
         assert len(client.containers.list(filters=label)) == 2
         start.kill()  # SIGKILL: the containers keep running until their lease runs out
+        if when != "at once":
+            wait_until(lambda: not client.containers.list(filters=label), 20, "the containers to exit")
+            wait_until(lambda: statuses(tmp_path / "jobs.db") == ["dead", "dead"], 10, "their rows dead")
 
         result = clm_workers("stop", "--db", str(tmp_path / "jobs.db"), "--json")
         assert result.returncode == 0, result.stderr
@@ -273,3 +277,116 @@ def test_stop_removes_the_containers_a_killed_manager_left(tmp_path):
         for container in client.containers.list(all=True, filters={"label": db_label}):
             container.remove(force=True)
         client.close()
+
+
+# -- stop never hits a stranger --------------------------------------------------------------
+
+
+def _session_row(db, session: str, pid: int, *, proc_start: str | None = None, lease: float = 60) -> None:
+    """What anyone who can write the database (a container, say) can put there."""
+    conn = schema.connect(db)
+    schema.ensure_schema(conn)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(clm_worker_sessions)")}
+    if proc_start is not None and "proc_start" in columns:
+        conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at, proc_start)"
+                     " VALUES (?, ?, ?, julianday('now') + ?, ?)",
+                     (session, pid, socket.gethostname(), lease / 86400, proc_start))
+    else:
+        conn.execute("INSERT INTO clm_worker_sessions (session_id, pid, host, lease_expires_at)"
+                     " VALUES (?, ?, ?, julianday('now') + ?)",
+                     (session, pid, socket.gethostname(), lease / 86400))
+    conn.execute("INSERT INTO workers (worker_type, container_id, status, session_id)"
+                 " VALUES ('notebook', ?, 'idle', ?)", (f"direct-notebook-0-{session[:8]}", session))
+    conn.close()
+
+
+STRANGERS = {
+    "a root sleep": dict(args=["sleep", "600"]),
+    "a process of nobody": dict(args=["sleep", "600"], user=65534),
+    "a python that ignores SIGINT": dict(
+        args=[sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                    "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE),
+}
+
+
+@pytest.mark.parametrize("stranger", list(STRANGERS))
+@pytest.mark.parametrize("exact_start", [False, True], ids=["no start time", "its exact start time"])
+def test_stop_never_signals_a_process_a_session_row_merely_names(tmp_path, stranger, exact_start):
+    """A forged row: a live lease on this host naming an unrelated process, even with its true start time."""
+    options = STRANGERS[stranger]
+    victim = subprocess.Popen(options["args"], user=options.get("user"), stdout=options.get("stdout"),
+                              text=True)
+    try:
+        if victim.stdout is not None:
+            assert victim.stdout.readline().strip() == "ready"
+        db = tmp_path / "jobs.db"
+        session = uuid.uuid4().hex
+        _session_row(db, session, victim.pid, proc_start=start_stamp(victim.pid) if exact_start else None)
+        result = clm_workers("stop", "--db", str(db), "--timeout", "2", "--json")
+        assert result.returncode == 1, result.stderr
+        assert victim.poll() is None, f"stop signalled {stranger} (pid {victim.pid})"
+        [refused] = json.loads(result.stdout)["sessions"]
+        assert refused["signals"] == [] and refused["outcome"] == "not_stopped"
+        assert f"cannot prove that pid {victim.pid} is its manager" in result.stderr
+        assert f"`kill -INT {victim.pid}` for CLM, `kill -TERM {victim.pid}` for clm-workers start" \
+            in result.stderr
+        assert statuses(db) == ["idle"]  # and nothing of the session is touched
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
+    """The manager's row is real, but its pid now names a process that started later."""
+    write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
+    start = StartProcess(tmp_path)
+    start.wait_for_output("clm-workers: running")
+    db = tmp_path / "jobs.db"
+    session = session_of(db)
+    start.kill()  # SIGKILL: the lease stays alive for up to lease_ttl
+    successor = subprocess.Popen(["sleep", "600"])  # it got the manager's pid (as the kernel may do)
+    try:
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE clm_worker_sessions SET pid = ? WHERE session_id = ?",
+                         (successor.pid, session))
+        result = clm_workers("stop", "--db", str(db), "--json")
+        assert successor.poll() is None, "stop signalled a process that merely has the manager's old pid"
+        assert result.returncode == 0, result.stderr
+        [cleaned] = json.loads(result.stdout)["sessions"]
+        assert cleaned["signals"] == [] and cleaned["outcome"] == "cleaned"
+        assert f"its manager is gone (pid {successor.pid} is another process now" in result.stderr
+    finally:
+        successor.kill()
+        successor.wait()
+    no_worker_left(session)
+    assert statuses(db) == ["dead", "dead"]
+
+
+def test_stop_with_an_empty_session_is_bad_input(tmp_path):
+    db = tmp_path / "jobs.db"
+    session = uuid.uuid4().hex
+    manager = fake_manager(db, session, socket.gethostname())
+    try:
+        empty = clm_workers("stop", "--db", str(db), "--session", "")
+        assert empty.returncode == 2, empty.stderr
+        assert "--session: '' is not allowed; expected a session id or its first characters" in empty.stderr
+        assert alive(manager.pid) and statuses(db) == ["idle"]
+    finally:
+        manager.kill()
+        manager.wait()
+
+
+def test_stop_needs_only_the_database_of_a_workers_toml_with_a_typo(tmp_path):
+    write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        session = session_of(tmp_path / "jobs.db")
+        # The file changes under the running pool: a typo that `start` would refuse.
+        write_config(tmp_path, "[startup]\nconcurency = 3\n" + sim_pools(notebook=1, plantuml=1))
+        result = clm_workers("stop", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert start.wait(timeout=30) == 0
+    finally:
+        start.kill()
+    no_worker_left(session)

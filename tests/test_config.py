@@ -6,7 +6,7 @@ import pytest
 
 from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager
 from clm_workers.clm.installed import installed_clm
-from clm_workers.clm.profile import resolve_configs
+from clm_workers.clm.profile import fork_server_types, resolve_configs
 
 SIM = "clm_workers.sim"
 
@@ -26,6 +26,12 @@ SIM = "clm_workers.sim"
         ({"memory_limit": "lots"}, "memory_limit (worker 'notebook')", "'512m' or '1g'"),
         ({"env": {"BAD-NAME": "x"}}, "env (worker 'notebook')", "variable names"),
         ({"env": {"N": 3}}, "env[N] (worker 'notebook')", "a string value"),
+        ({"start_method": "fork"}, "start_method (worker 'notebook')", "one of 'spawn', 'forkserver'"),
+        ({"start_method": "forkserver", "execution_mode": "docker", "image": "i"},
+         "start_method (worker 'notebook')", "'spawn' when execution_mode is 'docker'"),
+        ({"preload": "clm.workers"}, "preload (worker 'notebook')", "a list of dotted Python module names"),
+        ({"preload": ["ok", "not ok"]}, "preload (worker 'notebook')",
+         "a list of dotted Python module names"),
     ],
 )
 def test_worker_config_rejects(kwargs, setting, allowed):
@@ -34,6 +40,24 @@ def test_worker_config_rejects(kwargs, setting, allowed):
     assert info.value.setting == setting
     assert allowed in str(info.value)
     assert str(info.value).startswith(f"{setting}: ")
+
+
+def test_a_fork_server_preloads_clm_s_worker_module_for_clm_s_types_and_nothing_for_others():
+    notebook, plantuml, sim, spawned, explicit = resolve_configs([
+        WorkerConfig("notebook", 1, start_method="forkserver"),
+        WorkerConfig("plantuml", 1, start_method="forkserver"),
+        WorkerConfig("notebook", 1, start_method="forkserver", module=SIM),
+        WorkerConfig("drawio", 1),
+        WorkerConfig("drawio", 1, start_method="forkserver", preload=["json", "sqlite3"]),
+    ], "1.x")
+    assert notebook.preload == ("clm.workers.notebook.notebook_worker",)
+    assert plantuml.preload == ("clm.workers.plantuml.plantuml_worker",)
+    assert sim.preload == () and spawned.preload == ()
+    assert explicit.preload == ("json", "sqlite3")
+    [old] = resolve_configs([WorkerConfig("notebook", 1, start_method="forkserver")], "0.3")
+    assert old.preload == ()
+    assert fork_server_types("1.x") == {"notebook", "plantuml", "drawio", "jupyterlite"}
+    assert fork_server_types("0.3") == frozenset()
 
 
 def test_an_unknown_type_needs_a_module():

@@ -134,6 +134,7 @@ def test_start_returns_a_live_worker_leading_its_own_process_group(
     assert isinstance(handle.native, subprocess.Popen)
     assert handle.pid == handle.native.pid
     assert os.getpgid(handle.pid) == handle.pid != os.getpgid(0)
+    assert os.getsid(handle.pid) == handle.pid  # a session of its own: its own CPU share, as CLM's setsid
     assert executor.exit_codes([handle]) == {}
     report = dirs.report(handle)
     assert report["pid"] == report["pgid"] == handle.pid
@@ -415,3 +416,37 @@ def test_workers_exit_when_the_manager_is_killed(dirs: Dirs) -> None:
             if alive(pid):
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+EMFILE_SCRIPT = """
+import errno, os, resource, sys
+from pathlib import Path
+from clm_workers.errors import FatalExecutorError
+from clm_workers.executors.direct import DirectExecutor
+from clm_workers.plan import WorkerSpec, new_executor_id
+tmp = Path(sys.argv[1])
+executor = DirectExecutor(db_path=tmp / "jobs.db", workspace_path=tmp, log_dir=tmp / "logs")
+spec = WorkerSpec("notebook", 0, "direct", "clm_workers.sim", "pre", new_executor_id("direct", "notebook", 0),
+                  "s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError as exc:
+    assert exc.errno == errno.EMFILE
+try:
+    executor.start(spec)
+except FatalExecutorError as exc:
+    print(exc)
+"""
+
+
+def test_too_many_open_files_is_reported_as_such(tmp_path: Path) -> None:
+    """Not as an unwritable log folder: the folder is fine, the process has no file left."""
+    result = subprocess.run([sys.executable, "-c", EMFILE_SCRIPT, str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert "this process has too many open files (its limit is 64, `ulimit -n`)" in message, message
+    assert "writable" not in message

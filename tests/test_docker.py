@@ -29,7 +29,8 @@ import docker.errors
 import pytest
 import trio
 
-from clm_workers import ConfigError, PoolStartupError, WorkerConfig, WorkerPoolManager
+from clm_workers import ConfigError, PoolStartupError, WorkerConfig, WorkerPoolManager, schema
+from clm_workers.errors import FatalExecutorError
 from clm_workers.executors.base import WorkerHandle
 from clm_workers.executors.docker import (
     EXIT_CODE_GONE,
@@ -40,7 +41,7 @@ from clm_workers.executors.docker import (
 )
 from clm_workers.plan import WorkerSpec, new_executor_id
 from clm_workers.report import ProgressEvent
-from procs import session_processes, wait_until
+from procs import DATA_OWNER, give_to_data_owner, session_processes, wait_until
 
 IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
 REQUIRED = os.environ.get("CLM_REQUIRE_DOCKER_TESTS") == "1"
@@ -74,6 +75,11 @@ def client() -> Iterator[Any]:
     engine = docker.from_env(version="auto")
     yield engine
     engine.close()
+
+
+@pytest.fixture(autouse=True)
+def data_of_a_user(tmp_path: Path) -> None:
+    give_to_data_owner(tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +151,12 @@ async def test_eight_containers_register_work_and_stop_leaving_none(client: Any,
             assert host["Init"] is True
             assert host["Memory"] == (256 if worker.worker_type == "plantuml" else 1024) * 2**20
             mounts = {m["Destination"]: (m["Source"], m["RW"]) for m in info["Mounts"]}
-            assert mounts == {"/db": (str(tmp_path), True), "/workspace": (str(tmp_path), True)}
+            # The database's three files, not its folder; the workspace.
+            files = {f"/db/jobs.db{end}": (f"{db}{end}", True) for end in ("", "-wal", "-shm")}
+            assert mounts == files | {"/workspace": (str(tmp_path), True)}
+            assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+            assert host["PidsLimit"] > 0 and host["ReadonlyRootfs"] is True
+            assert info["Config"]["User"] != "0" and not info["Config"]["User"].startswith("0:")
             env = dict(e.split("=", 1) for e in info["Config"]["Env"])
             assert env["DB_PATH"] == env["CLM_JOBS_DB_PATH"] == "/db/jobs.db"
             assert env["CLM_WORKER_ID"] == str(worker.db_worker_id)
@@ -162,10 +173,78 @@ async def test_eight_containers_register_work_and_stop_leaving_none(client: Any,
     assert live_rows(db) == []
 
 
+CONFINEMENT_PROBE = r"""
+import json, os
+facts = {"uid": os.getuid(), "db": sorted(os.listdir("/db"))}
+status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
+facts["caps"] = status["CapEff"].strip()
+facts["no_new_privs"] = status["NoNewPrivs"].strip()
+for name, path in [("beside_db", "/db/planted"), ("root_fs", "/etc/planted"), ("tmp", "/tmp/planted")]:
+    try:
+        open(path, "w").close()
+        facts[name] = "written"
+    except OSError as exc:
+        facts[name] = exc.strerror
+for path in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"):
+    if os.path.exists(path):
+        facts["pids_max"] = open(path).read().strip()
+print(json.dumps(facts))
+"""
+
+
+async def test_a_container_is_unprivileged_and_sees_only_the_database_files(
+    client: Any, tmp_path: Path
+) -> None:
+    """Not root, no capabilities, no new privileges, a pids limit, a read-only root file system, and of
+    the database's folder only the database: not the secret beside it."""
+    data = tmp_path / "data"  # the database's folder, not the workspace
+    data.mkdir()
+    give_to_data_owner(data)
+    (data / "secret.txt").write_text("the database's neighbour")
+    (data / ".ssh").mkdir()
+    db = data / "jobs.db"
+    manager = WorkerPoolManager(db, tmp_path, [dsim(count=1)])
+    report = await manager.start_pools()
+    try:
+        [worker] = report.started
+        done = client.api.exec_start(client.api.exec_create(worker.executor_id, ["python3", "-c",
+                                                                                 CONFINEMENT_PROBE]))
+        facts = json.loads(done.decode().strip().splitlines()[-1])
+    finally:
+        await manager.stop_pools()
+    assert facts["uid"] == (DATA_OWNER[0] if os.getuid() == 0 else os.getuid()), facts
+    assert facts["db"] == ["jobs.db", "jobs.db-shm", "jobs.db-wal"], facts  # no secret, no .ssh
+    assert facts["caps"] == "0000000000000000" and facts["no_new_privs"] == "1", facts
+    assert facts["beside_db"] == facts["root_fs"] == "Read-only file system", facts
+    assert facts["tmp"] == "written" and facts["pids_max"] == "512", facts
+    assert not (data / "planted").exists()
+    neighbours = sorted(p.name for p in data.iterdir() if not p.name.startswith("jobs.db"))
+    assert neighbours == [".ssh", "secret.txt"]
+
+
+def test_a_symlink_beside_the_database_is_never_mounted(client: Any, tmp_path: Path) -> None:
+    """A ``-wal`` that is a symlink would make Docker mount what it points to: refused, nothing created."""
+    db = tmp_path / "jobs.db"
+    conn = schema.connect(db)
+    schema.ensure_schema(conn)
+    conn.close()  # the last connection: -wal and -shm are gone
+    (tmp_path / "elsewhere").write_text("anything")
+    (tmp_path / "jobs.db-wal").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "jobs.db-shm").write_bytes(b"")
+    executor = DockerExecutor(db_path=db, workspace_path=tmp_path)
+    session = uuid.uuid4().hex
+    try:
+        with pytest.raises(FatalExecutorError, match="jobs.db-wal is not a plain file"):
+            executor.start(spec_for(tmp_path, session))
+        assert session_containers(client, session) == []
+    finally:
+        executor.close()
+
+
 async def test_clm03_container_registering_with_its_hostname_is_found(client: Any, tmp_path: Path) -> None:
-    # No WORKER_ID: the worker falls back to HOSTNAME, the container's 12-character id.
+    # As a CLM 0.3 container: it registers with HOSTNAME, the container's 12-character id.
     manager = WorkerPoolManager(tmp_path / "jobs.db", tmp_path,
-                                [dsim(count=2, registration="self", env={"WORKER_ID": ""})])
+                                [dsim(count=2, registration="self", env={"CLM_REGISTER_AS": "hostname"})])
     report = await manager.start_pools()
     try:
         assert len(report.started) == 2
@@ -337,8 +416,10 @@ def run_manager(tmp_path: Path, body: str) -> subprocess.Popen[str]:
 LEASE_TTL = 3.0
 #: The worker checks its lease this often (its heartbeat interval).
 LEASE_CHECK = 0.5
-#: Expiry (at most one ttl after the last renewal), one check, the 1 s stop grace, margin.
-ORPHAN_BOUND = LEASE_TTL + LEASE_CHECK + 1.0 + 2.0
+#: Expiry (at most one ttl after the last renewal), one check, the second of writable
+#: expiry a container waits for (a busy database is not a dead manager), the 1 s stop
+#: grace, margin.
+ORPHAN_BOUND = LEASE_TTL + LEASE_CHECK + 1.0 + 1.0 + 2.0
 
 
 @pytest.mark.parametrize("moment", ["during startup", "after startup"])
@@ -380,6 +461,7 @@ async def test_manager_killed_with_sigkill_its_containers_stop_and_the_next_mana
     # A manager of another database never touches them ...
     other = tmp_path / "other"
     other.mkdir()
+    give_to_data_owner(other)
     stranger = WorkerPoolManager(other / "jobs.db", other, [dsim(count=1)])
     await stranger.start_pools()
     await stranger.stop_pools()
@@ -391,6 +473,41 @@ async def test_manager_killed_with_sigkill_its_containers_stop_and_the_next_mana
         assert len(report.started) == 1
         assert session_containers(client, session) == []
         assert [r for r in live_rows(tmp_path / "jobs.db") if r[3] == session] == []
+    finally:
+        await successor.stop_pools()
+
+
+async def test_a_manager_with_only_direct_workers_removes_the_containers_a_dead_manager_left(
+    client: Any, tmp_path: Path
+) -> None:
+    proc = run_manager(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [dsim(2)], lease_ttl={LEASE_TTL})
+        print(json.dumps({{"session": manager.session_id}}), flush=True)
+        trio.run(manager.start_pools)
+        print(json.dumps({{"started": manager.running}}), flush=True)
+        trio.run(trio.sleep_forever)
+    """)
+    try:
+        assert proc.stdout is not None
+        session = json.loads(proc.stdout.readline())["session"]
+        assert json.loads(proc.stdout.readline()) == {"started": 2}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        proc.kill()
+        proc.wait()
+    def expired() -> bool:
+        with sqlite3.connect(tmp_path / "jobs.db") as conn:
+            return bool(conn.execute("SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions"
+                                     " WHERE session_id = ?", (session,)).fetchone()[0])
+
+    wait_until(expired, LEASE_TTL + 5, "the dead manager's lease to run out")
+    assert len(session_containers(client, session)) == 2
+    successor = WorkerPoolManager(tmp_path / "jobs.db", tmp_path, [WorkerConfig("plantuml", 1, module=SIM)])
+    report = await successor.start_pools()
+    try:
+        assert len(report.started) == 1
+        assert session_containers(client, session) == []
     finally:
         await successor.stop_pools()
 
@@ -408,16 +525,31 @@ def spec_for(
     )
 
 
+def new_database(folder: Path) -> Path:
+    """A CLM database in WAL mode, as the manager makes it before any container starts."""
+    db = folder / "jobs.db"
+    conn = schema.connect(db)
+    schema.ensure_schema(conn)
+    _open_connections.append(conn)  # open, as the manager's is: -wal and -shm exist meanwhile
+    if os.getuid() == 0:
+        for path in folder.glob("jobs.db*"):
+            os.chown(path, *DATA_OWNER)
+    return db
+
+
+_open_connections: list[sqlite3.Connection] = []
+
+
 @pytest.fixture
 def executor(client: Any, tmp_path: Path) -> Iterator[DockerExecutor]:
-    made = DockerExecutor(db_path=tmp_path / "jobs.db", workspace_path=tmp_path)
+    made = DockerExecutor(db_path=new_database(tmp_path), workspace_path=tmp_path)
     yield made
     made.close()
 
 
 def test_a_failed_start_removes_the_created_container(client: Any, tmp_path: Path) -> None:
     # No check(): the network is not created, so the container is created but cannot start.
-    executor = DockerExecutor(db_path=tmp_path / "jobs.db", workspace_path=tmp_path,
+    executor = DockerExecutor(db_path=new_database(tmp_path), workspace_path=tmp_path,
                               network=f"clm-workers-missing-{uuid.uuid4().hex[:8]}")
     session = uuid.uuid4().hex
     try:

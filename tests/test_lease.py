@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,17 @@ async def test_manager_holds_a_lease_while_running(tmp_path):
     finally:
         await manager.stop_pools()
     assert lease_row(db, manager.session_id)[1] == 0
+
+
+def test_a_relative_database_path_stays_the_pools_after_the_caller_changes_folder(tmp_path, monkeypatch):
+    """CLM may change its working folder between start_pools and stop_pools: that is no lost database."""
+    monkeypatch.chdir(tmp_path)
+    make_db(tmp_path / "jobs.db")
+    lease = SessionLease(Path("jobs.db"), "s3", ttl=1.5)
+    lease.start()
+    try:
+        monkeypatch.chdir("/")
+        assert lease.check_file() is None
+        assert lease.renew()
+    finally:
+        lease.stop()

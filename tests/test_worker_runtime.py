@@ -179,6 +179,7 @@ class Workers:
         self,
         pass_fds: tuple[int, ...] = (),
         argv: tuple[str, ...] = ("-m", "clm_workers.sim"),
+        own_group: bool = False,
         **overrides: str,
     ) -> Worker:
         stderr_path = self.tmp_path / f"worker-{len(self.started)}.stderr"
@@ -190,6 +191,7 @@ class Workers:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 pass_fds=pass_fds,
+                process_group=0 if own_group else None,  # as the executors start workers
             )
         worker = Worker(proc, stderr_path)
         self.started.append(worker)
@@ -644,3 +646,73 @@ def test_job_and_context_are_frozen_records(tmp_path: Path):
     assert (ctx.worker_type, ctx.db_worker_id, ctx.workspace) == ("sim", 3, tmp_path)
     with pytest.raises(AttributeError):
         ctx.db_worker_id = 4  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ a worker the monitor gave up on
+
+
+def test_a_hung_worker_claims_no_job_until_its_row_recovers(workers: Workers, db: Path, workspace: Path):
+    """The monitor flags a worker ``hung`` before it retires it: a job claimed then would be lost again."""
+    worker = workers.spawn(CLM_HEARTBEAT_INTERVAL="60")
+    row_id = wait_until(lambda: registered_self(db), what="registration")
+    wait_until(lambda: status_of(db, row_id) == "idle", what="idle")
+    execute(db, "UPDATE workers SET status = 'hung' WHERE id = ?", (row_id,))
+    (workspace / "in.txt").write_text("x")
+    job_id = add_job(db, "in.txt", "out.txt")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # 50 polls of the worker's (0.02 s): it must take none
+        assert job_status(db, job_id) == "pending" and job_row(db, job_id)["attempts"] == 0
+        time.sleep(0.05)
+    assert worker.proc.poll() is None  # still there: it may recover
+    execute(db, "UPDATE workers SET status = 'idle' WHERE id = ?", (row_id,))  # what clear_hung does
+    wait_until(lambda: job_status(db, job_id) == "completed", what="the job once recovered")
+    assert job_row(db, job_id)["attempts"] == 1
+
+
+def test_a_worker_whose_row_was_marked_dead_takes_no_job_and_stops(
+    workers: Workers, db: Path, workspace: Path
+):
+    worker = workers.spawn(CLM_HEARTBEAT_INTERVAL="60")
+    row_id = wait_until(lambda: registered_self(db), what="registration")
+    execute(db, "UPDATE workers SET status = 'dead' WHERE id = ?", (row_id,))
+    (workspace / "in.txt").write_text("x")
+    job_id = add_job(db, "in.txt", "out.txt")
+    assert worker.wait_exit(3) == 0
+    assert job_status(db, job_id) == "pending" and job_row(db, job_id)["attempts"] == 0
+    assert "the worker's row was marked dead" in worker.stderr
+
+
+def test_lifeline_closed_during_a_job_kills_the_job_s_child_too(
+    workers: Workers, db: Path, workspace: Path, lifeline: Lifeline
+):
+    """Without the launcher (the runtime alone, as in a container): a job's child process must not
+    outlive its worker once the manager is gone."""
+    read_end = lifeline.read_end
+    (workspace / "in.txt").write_text("x")
+    job_id = add_job(db, "in.txt", "out.txt", payload={"child_cpu": 60})
+    worker = workers.spawn(pass_fds=(read_end,), CLM_LIFELINE_FD=str(read_end), own_group=True)
+    wait_until(lambda: job_status(db, job_id) == "processing", what="the claim")
+    child = wait_until(lambda: children_of(worker.proc.pid), 10, "the job's child process")[0]
+    lifeline.cut()
+    assert worker.wait_exit(LIFELINE_BOUND + 2) == 70
+    wait_until(lambda: not process_alive(child), LIFELINE_BOUND, "the job's child to go")
+    assert job_status(db, job_id) == "pending"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) not in ("Z", "X")
+    except OSError:
+        return False

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ConfigError": "errors",
     "PoolStartupError": "errors",
+    "PoolStoppedError": "errors",
     "WorkerConfig": "config",
     "WorkerPoolManager": "manager",
     "StartupReport": "report",
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "FailedWorker",
     "PoolStartupError",
+    "PoolStoppedError",
     "StartedWorker",
     "StartupReport",
     "WorkerConfig",
@@ -46,7 +48,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import WorkerConfig
-    from .errors import ConfigError, PoolStartupError
+    from .errors import ConfigError, PoolStartupError, PoolStoppedError
     from .manager import WorkerPoolManager
     from .monitor import MonitorSettings
     from .pool import PoolNotReadyError, WorkerPool, open_worker_pool

@@ -28,6 +28,8 @@ from .plan import WorkerSpec
 from .registry import Event, Registry
 
 Own = Callable[[WorkerHandle], WorkerHandle]
+#: At most this many stop or kill calls run at once (threads).
+_MAX_FAN_OUT = 64
 T = TypeVar("T")
 
 
@@ -96,7 +98,7 @@ class StartupBackend(Protocol):
 
 
 class ThreadedBackend:
-    """The real backend: a registry and one executor per execution mode."""
+    """The real backend: a registry and one executor per name (:attr:`WorkerSpec.executor_name`)."""
 
     def __init__(self, registry: Registry, executors: Mapping[str, Executor], *, fan_out: int = 10) -> None:
         self.registry = registry
@@ -107,7 +109,7 @@ class ThreadedBackend:
         try:
             return self.executors[mode]
         except KeyError:
-            raise FatalExecutorError(f"no executor for execution_mode {mode!r}") from None
+            raise FatalExecutorError(f"no executor for {mode!r} workers") from None
 
     async def prepare(self, specs: Sequence[WorkerSpec], events: Sequence[Event]) -> list[WorkerSpec]:
         """Preflight every executor the specs use, then open the database and pre-register.
@@ -125,7 +127,7 @@ class ThreadedBackend:
         return await trio.to_thread.run_sync(check_open_and_register)
 
     def _preflight(self, specs: Sequence[WorkerSpec]) -> None:
-        for mode, group in _by_mode(specs, lambda spec: spec.execution_mode).items():
+        for mode, group in _by_mode(specs, lambda spec: spec.executor_name).items():
             try:
                 self._executor(mode).check(group)
             except FatalExecutorError:
@@ -136,7 +138,7 @@ class ThreadedBackend:
                 ) from exc
 
     async def spawn(self, spec: WorkerSpec, limiter: trio.CapacityLimiter, own: Own) -> WorkerHandle:
-        executor = self._executor(spec.execution_mode)
+        executor = self._executor(spec.executor_name)
         return await trio.to_thread.run_sync(lambda: own(executor.start(spec)), limiter=limiter)
 
     async def poll(self, handles: Sequence[WorkerHandle]) -> PollResult:
@@ -162,7 +164,7 @@ class ThreadedBackend:
 
     def _exit_codes_blocking(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
         codes: dict[WorkerHandle, int] = {}
-        for mode, group in _by_mode(handles, lambda handle: handle.spec.execution_mode).items():
+        for mode, group in _by_mode(handles, lambda handle: handle.spec.executor_name).items():
             codes.update(self._executor(mode).exit_codes(group))
         return codes
 
@@ -172,24 +174,24 @@ class ThreadedBackend:
     async def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
         def blocking() -> dict[WorkerHandle, Activity]:
             found: dict[WorkerHandle, Activity] = {}
-            for mode, group in _by_mode(handles, lambda handle: handle.spec.execution_mode).items():
+            for mode, group in _by_mode(handles, lambda handle: handle.spec.executor_name).items():
                 found.update(self._executor(mode).activity(group))
             return found
 
         return await trio.to_thread.run_sync(blocking)
 
     async def request_stop(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
-        return await self._each(handles, lambda h: self._executor(h.spec.execution_mode).request_stop(h))
+        return await self._each(handles, lambda h: self._executor(h.spec.executor_name).request_stop(h))
 
     async def kill(self, handles: Sequence[WorkerHandle]) -> list[tuple[WorkerHandle, Exception]]:
-        return await self._each(handles, lambda h: self._executor(h.spec.execution_mode).kill(h))
+        return await self._each(handles, lambda h: self._executor(h.spec.executor_name).kill(h))
 
     async def output_tail(self, handle: WorkerHandle) -> str:
-        executor = self._executor(handle.spec.execution_mode)
+        executor = self._executor(handle.spec.executor_name)
         return await trio.to_thread.run_sync(executor.output_tail, handle)
 
     async def run_queue_wait(self, handle: WorkerHandle) -> float:
-        executor = self._executor(handle.spec.execution_mode)
+        executor = self._executor(handle.spec.executor_name)
         return await trio.to_thread.run_sync(executor.run_queue_wait, handle)
 
     async def mark_dead(
@@ -213,7 +215,9 @@ class ThreadedBackend:
     ) -> list[tuple[WorkerHandle, Exception]]:
         """Run ``action`` for every handle in parallel threads (at most ``fan_out`` at once)."""
         failures: list[tuple[WorkerHandle, Exception]] = []
-        limiter = trio.CapacityLimiter(self._fan_out)
+        # Signals and kills mostly wait (for a reap, an engine): more of them at
+        # once than spawns, so that stopping a large pool fits in its bound.
+        limiter = trio.CapacityLimiter(max(self._fan_out, min(len(handles), _MAX_FAN_OUT)))
 
         async def one(handle: WorkerHandle) -> None:
             try:

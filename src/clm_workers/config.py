@@ -14,19 +14,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from .clm.generations import JOBS_DB_VARIABLES
 from .errors import ConfigError
-from .plan import ExecutionMode, Registration
+from .plan import ExecutionMode, Registration, StartMethod
 
 EXECUTION_MODES = ("direct", "docker")
+START_METHODS = ("spawn", "forkserver")
 REGISTRATION_PROTOCOLS = ("pre", "self")
 SLOT_MODES = ("spawn", "registration")
 
 MAX_WORKERS_PER_CONFIG = 1000
+#: A worker type is part of every executor id, log file and container name: keep those well
+#: inside the file system's 255 bytes (CLM's types are 6 to 8 characters).
+MAX_WORKER_TYPE_LENGTH = 64
 
 _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _WORKER_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MEMORY_LIMIT = re.compile(r"[0-9]+[bkmgBKMG]?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Docker's image reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest],
+# or an image id.  Checked here so that a typo is bad input, not a failed start.
+_IMAGE_HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_HOST = rf"(?:{_IMAGE_HOST_PART}(?:\.{_IMAGE_HOST_PART})*(?::[0-9]+)?/)"
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"{_IMAGE_HOST}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+    r"|sha256:[0-9a-f]{64}"
+)
+MAX_IMAGE_NAME_LENGTH = 255
+
+#: What the manager sets for each worker itself: which session, row, database and
+#: lifeline it belongs to.  A config's ``env`` may not override them (it would undo
+#: the isolation of sessions: a worker claiming another session's jobs or row).
+RESERVED_ENV = frozenset({
+    "CLM_SESSION_ID", "CLM_WORKER_ID", "WORKER_ID", "WORKER_TYPE", "WORKSPACE_PATH", "CLM_LIFELINE_FD",
+    "CLM_WORKER_MODULE", *JOBS_DB_VARIABLES,
+})
 
 SlotMode = Literal["spawn", "registration"]
 
@@ -39,6 +64,12 @@ class WorkerConfig:
     manager inserts the row first, CLM 1.x; ``"self"``: the worker inserts its
     own, CLM 0.3) default to what the CLM in use does for ``worker_type``
     (see :mod:`clm_workers.clm`); the manager fills them in.
+
+    ``start_method`` (direct workers only): ``"spawn"``, a fresh interpreter
+    per worker, or ``"forkserver"``, one template process per module that
+    imports ``preload`` once and forks each worker from it (see
+    :mod:`clm_workers.executors.forkserver`).  ``preload`` defaults, for
+    CLM's own worker modules, to the imports of CLM's worker; else to none.
     """
 
     worker_type: str
@@ -49,13 +80,11 @@ class WorkerConfig:
     module: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     registration: Registration | None = None
+    start_method: StartMethod = "spawn"
+    preload: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.worker_type, str) or not _WORKER_TYPE.fullmatch(self.worker_type):
-            raise ConfigError(
-                "worker_type", self.worker_type,
-                "a name of letters, digits, '_', '.', '-' such as 'notebook'",
-            )
+        check_worker_type("worker_type", self.worker_type)
         where = f"worker {self.worker_type!r}"
         if isinstance(self.count, bool) or not isinstance(self.count, int) or not (
             0 <= self.count <= MAX_WORKERS_PER_CONFIG
@@ -72,6 +101,15 @@ class WorkerConfig:
                 f"image ({where})", self.image,
                 "an image name such as 'clm-workers-sim:latest' when execution_mode is 'docker'",
             )
+        if self.image is not None and not (
+            isinstance(self.image, str) and len(self.image) <= MAX_IMAGE_NAME_LENGTH
+            and _IMAGE_REFERENCE.fullmatch(self.image)
+        ):
+            raise ConfigError(
+                f"image ({where})", self.image,
+                "a Docker image reference such as 'clm-workers-sim:latest' or "
+                "'registry.example.com/team/worker:1.2' (lowercase name, optional :tag)",
+            )
         if not isinstance(self.memory_limit, str) or not _MEMORY_LIMIT.fullmatch(self.memory_limit):
             raise ConfigError(
                 f"memory_limit ({where})", self.memory_limit,
@@ -84,11 +122,41 @@ class WorkerConfig:
                 f"module ({where})", self.module,
                 "a dotted Python module name such as 'clm_workers.sim'",
             )
+        require_choice(f"start_method ({where})", self.start_method, START_METHODS)
+        if self.start_method == "forkserver" and self.execution_mode != "direct":
+            raise ConfigError(
+                f"start_method ({where})", self.start_method,
+                "'spawn' when execution_mode is 'docker' (a container is created and started, never forked)",
+            )
+        if self.preload is not None:
+            if isinstance(self.preload, str) or not isinstance(self.preload, tuple | list) or not all(
+                isinstance(name, str) and _DOTTED_NAME.fullmatch(name) for name in self.preload
+            ):
+                raise ConfigError(
+                    f"preload ({where})", self.preload,
+                    "a list of dotted Python module names such as ['clm.workers.notebook.notebook_worker']",
+                )
+            object.__setattr__(self, "preload", tuple(self.preload))  # frozen: normalise lists once
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
                 raise ConfigError(f"env ({where})", key, "variable names like 'LOG_LEVEL'")
+            if key in RESERVED_ENV:
+                raise ConfigError(
+                    f"env ({where})", key,
+                    "a variable the manager does not set itself (not one of "
+                    f"{', '.join(sorted(RESERVED_ENV))}: they tie a worker to its session, row and "
+                    "database)")
             if not isinstance(value, str):
                 raise ConfigError(f"env[{key}] ({where})", value, "a string value")
+
+
+def check_worker_type(setting: str, value: object) -> None:
+    """Refuse a worker type that is not a short name of letters, digits, ``_``, ``.``, ``-``."""
+    allowed = (f"a name of up to {MAX_WORKER_TYPE_LENGTH} letters, digits, '_', '.', '-' "
+               "such as 'notebook'")
+    if not isinstance(value, str) or not _WORKER_TYPE.fullmatch(value) or len(value) > MAX_WORKER_TYPE_LENGTH:
+        raise ConfigError(setting, value, allowed)
+
 
 def require_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -162,7 +230,7 @@ class StartupSettings:
     @property
     def stop_bound(self) -> float:
         """The overall bound on one stop of many workers: grace, then the kills."""
-        return self.stop_grace + 5.0
+        return self.stop_grace + 10.0
 
 
 def build_settings(

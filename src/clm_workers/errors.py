@@ -38,6 +38,15 @@ class PoolStartupError(RuntimeError):
         self.report = report
 
 
+class PoolStoppedError(RuntimeError):
+    """A running pool stopped by itself, for a reason that no replacement can cure.
+
+    Its database file was deleted, replaced by another file, or its path now
+    leads to another file: the workers and the manager no longer share one
+    database.  By the time this is raised every worker has been stopped.
+    """
+
+
 class FatalExecutorError(RuntimeError):
     """Raised by an executor when every start would fail the same way.
 
@@ -47,9 +56,17 @@ class FatalExecutorError(RuntimeError):
     """
 
 
+class DatabaseUnusableError(PoolStartupError):
+    """A :class:`PoolStartupError` whose cause is the database (it cannot be created, opened or written).
+
+    The workers are not at fault: the monitor tries a replacement again later
+    instead of counting it as another death.
+    """
+
+
 def database_unusable(exc: BaseException) -> PoolStartupError:
     """The fatal error for a database that cannot be created, opened or written."""
-    return PoolStartupError(
+    return DatabaseUnusableError(
         f"cannot use the database: {exc}. Check that the path is right and its folder "
         "is writable; no worker was started."
     )
@@ -61,14 +78,19 @@ def unwrap_lone_exception() -> Iterator[None]:
 
     Trio's strict exception groups wrap whatever crosses a nursery; a caller
     of ``start_pools`` expects a plain ``KeyboardInterrupt`` on Ctrl-C and a
-    plain :class:`PoolStartupError`.  A group with several different errors
-    stays a group, unless one of them is a :class:`PoolStartupError` (the
-    cause; the others are its consequences).
+    plain :class:`PoolStartupError`.  A group with a ``KeyboardInterrupt`` in
+    it is one ``KeyboardInterrupt``, however many Ctrl-C there were and
+    whatever else failed meanwhile (the user asked to stop).  Otherwise a
+    group with several different errors stays a group, unless one of them is
+    a :class:`PoolStartupError` (the cause; the others are its consequences).
     """
     try:
         yield
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
+        interrupts = [leaf for leaf in leaves if isinstance(leaf, KeyboardInterrupt)]
+        if interrupts:
+            raise interrupts[0] from (None if len(interrupts) == len(leaves) else group)
         if len(leaves) == 1:
             raise leaves[0] from None
         fatal = [leaf for leaf in leaves if isinstance(leaf, PoolStartupError)]

@@ -1,14 +1,16 @@
 """What a CLM database says about its workers: a read-only view for the CLI.
 
-``clm-workers status``, the live table of ``clm-workers start`` and
-``clm-workers stop`` read the ``workers``, ``worker_events``, ``jobs`` and
-``clm_worker_sessions`` tables through these functions.  Blocking (SQLite);
-the Trio side calls them through ``trio.to_thread``.
+``clm-workers status``, ``jobs``, ``logs``, the live table of
+``clm-workers start`` and ``clm-workers stop`` read the ``workers``,
+``worker_events``, ``jobs`` and ``clm_worker_sessions`` tables through these
+functions.  Blocking (SQLite, and a look at this host's processes for
+whether a manager or worker still runs); the Trio side calls them through
+``trio.to_thread``.
 
 Nothing here creates a database or changes the schema (CLM's schema is a
 contract): the file is opened with ``mode=rw``, so a wrong path is an error
-instead of a new empty file.  The one write, :func:`expire_lease`, is for
-``stop``.
+instead of a new empty file.  The two writes: :func:`expire_lease`, for
+``stop``, and :func:`submit_job`, for ``submit``.
 
 A worker row's session is the session that runs it, owned or shared (see
 :mod:`clm_workers.clm.ownership`: a shared row names its session in
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
@@ -32,6 +35,8 @@ from typing import Any
 
 from .clm.ownership import running_session_sql
 from .errors import ConfigError
+from .ownership import start_stamp
+from .processes import alive, runs_since
 from .schema import BUSY_TIMEOUT_SECONDS
 
 #: Statuses whose row claims a live worker (``hung`` included: it still runs).
@@ -62,18 +67,25 @@ class WorkerRow:
     heartbeat_age: float | None
     #: Seconds since the row was created.
     age: float | None
+    #: Whether the worker's process runs: known for direct workers of this host's
+    #: sessions with a recorded pid, else ``None``.  A row that claims ``idle``
+    #: while this is ``False`` belongs to a worker that is gone (its manager died).
+    process_running: bool | None = None
+
+    @property
+    def shown_status(self) -> str:
+        """The status to show: ``gone`` for a row that claims a live worker no process is behind."""
+        return "gone" if self.status in ACTIVE_STATUSES and self.process_running is False else self.status
 
     @property
     def index(self) -> int | None:
         """The worker's index within its type, from its executor id (``direct-notebook-3-...``)."""
-        match = _EXECUTOR_ID.fullmatch(self.container_id)
-        return int(match.group("index")) if match else None
+        return executor_index(self.container_id)
 
     @property
     def label(self) -> str:
         """``notebook#3``, or ``notebook row 12`` for a worker clm-workers did not name."""
-        index = self.index
-        return f"{self.worker_type}#{index}" if index is not None else f"{self.worker_type} row {self.id}"
+        return worker_label(self.worker_type, self.container_id, self.id)
 
     @property
     def where(self) -> str:
@@ -99,15 +111,25 @@ class EventRow:
 
     @property
     def label(self) -> str:
-        match = _EXECUTOR_ID.fullmatch(self.container_id or "")
-        if match:
-            return f"{self.worker_type}#{match.group('index')}"
-        return self.worker_type if self.worker_id is None else f"{self.worker_type} row {self.worker_id}"
+        if self.worker_id is None:
+            return self.worker_type
+        return worker_label(self.worker_type, self.container_id, self.worker_id)
+
+
+#: A session's states (:attr:`SessionRow.state`), from its manager's process, lease and events.
+SESSION_STATES = ("starting", "running", "stopping", "stopped", "gone")
 
 
 @dataclass(frozen=True)
 class SessionRow:
-    """One manager (``clm_worker_sessions``): who runs it, and whether its lease is alive."""
+    """One manager (``clm_worker_sessions``): who runs it, whether its lease is alive, its state.
+
+    ``state``: ``starting``/``running``/``stopping`` while its manager runs
+    (from the session's last ``pool_*`` event), ``stopped`` once it recorded
+    ``pool_stopped`` (itself, or ``clm-workers stop`` for it), ``gone`` when
+    its manager died without stopping: its process is not running on this
+    host any more, or its lease ran out.
+    """
 
     session_id: str
     pid: int | None
@@ -115,10 +137,68 @@ class SessionRow:
     started_at: str | None
     #: Seconds until the lease expires; negative once expired (the manager is gone).
     lease_left: float
+    state: str = "running"
+    #: Whether the manager's process runs (``None``: it runs on another host, so unknown).
+    manager_running: bool | None = None
+    #: The manager's own ``<boot id>:<start tick>`` (:mod:`clm_workers.ownership`); ``None`` in
+    #: rows of an older clm-workers.
+    proc_start: str | None = None
 
     @property
     def alive(self) -> bool:
+        """Whether the lease is alive (a killed manager's lease still is, until it runs out)."""
         return self.lease_left > 0
+
+    @property
+    def this_host(self) -> bool:
+        return self.host in (None, socket.gethostname())
+
+
+#: ``jobs.status`` values (CLM's CHECK constraint).
+JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One row of CLM's ``jobs`` table, with the label of the worker that took it."""
+
+    id: int
+    job_type: str
+    status: str
+    priority: int
+    input_file: str
+    output_file: str
+    worker_id: int | None
+    #: ``notebook#1`` (``notebook row 7`` for a worker clm-workers did not name); ``None`` if none took it.
+    worker: str | None
+    attempts: int
+    max_attempts: int
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    #: Seconds since it was queued.
+    age: float | None
+    #: Seconds from its (last) start to its end, or to now while it runs.
+    duration: float | None
+    error: str | None
+    session_id: str | None
+    #: Only in :func:`read_job` (``None`` in listings): the whole payload, result and traceback.
+    payload: str | None = None
+    result: str | None = None
+    traceback: str | None = None
+
+    @property
+    def error_line(self) -> str:
+        """The first line of the error ("" when there is none)."""
+        return (self.error or "").strip().split("\n", 1)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("created_at", "started_at", "completed_at"):
+            data[key] = iso(data[key])
+        for key in ("payload", "result"):
+            data[key] = _json_value(data[key])
+        return data
 
 
 @dataclass
@@ -136,7 +216,9 @@ class Snapshot:
         """A plain structure for ``--json`` (times are UTC, ISO 8601)."""
         return {
             "database": self.database,
-            "sessions": [{**asdict(s), "alive": s.alive, "started_at": iso(s.started_at)}
+            # ``proc_start`` is for ``stop``'s proof of the manager, not for readers.
+            "sessions": [{**_without(asdict(s), "proc_start"), "alive": s.alive,
+                          "started_at": iso(s.started_at)}
                          for s in self.sessions],
             "workers": [
                 {**asdict(w), "label": w.label, "index": w.index,
@@ -151,6 +233,18 @@ class Snapshot:
             "jobs": dict(self.jobs),
             "dead_hidden": self.dead_hidden,
         }
+
+
+def executor_index(container_id: str | None) -> int | None:
+    """The index in an executor id (``direct-notebook-3-1a2b3c4d`` -> 3), else ``None``."""
+    match = _EXECUTOR_ID.fullmatch(container_id or "")
+    return int(match.group("index")) if match else None
+
+
+def worker_label(worker_type: str, container_id: str | None, row_id: int) -> str:
+    """``notebook#3`` for a worker clm-workers named, else ``notebook row 12``."""
+    index = executor_index(container_id)
+    return f"{worker_type}#{index}" if index is not None else f"{worker_type} row {row_id}"
 
 
 def iso(timestamp: str | None) -> str | None:
@@ -205,15 +299,53 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 # -- reading -----------------------------------------------------------------------
 
 
+def _without(data: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != key}
+
+
+def docker_sessions(conn: sqlite3.Connection) -> set[str]:
+    """Sessions that ever had a docker worker in this database (so may have left containers)."""
+    return {str(r[0]) for r in conn.execute(
+        "SELECT DISTINCT session_id FROM workers WHERE execution_mode = 'docker' AND session_id IS NOT NULL")}
+
+
 def read_sessions(conn: sqlite3.Connection) -> list[SessionRow]:
     """Every clm-workers session of the database, newest first (none in a CLM-only database)."""
     if not _has_table(conn, "clm_worker_sessions"):
         return []
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(clm_worker_sessions)")}
     rows = conn.execute(
-        f"SELECT session_id, pid, host, started_at, (lease_expires_at - julianday('now')) * {_SECONDS}"
+        f"SELECT session_id, pid, host, started_at, (lease_expires_at - julianday('now')) * {_SECONDS},"
+        f" {'proc_start' if 'proc_start' in columns else 'NULL'}"
         " FROM clm_worker_sessions ORDER BY started_at DESC, rowid DESC"
     ).fetchall()
-    return [SessionRow(str(r[0]), r[1], r[2], r[3], round(float(r[4]), 3)) for r in rows]
+    # One pass over the events: each session's last pool event (SQLite takes the
+    # bare column from the row of max(id)).
+    last_event = {str(r[0]): str(r[1]) for r in conn.execute(
+        "SELECT session_id, event_type, max(id) FROM worker_events"
+        " WHERE event_type IN ('pool_starting', 'pool_started', 'pool_stopping', 'pool_stopped')"
+        " AND session_id IS NOT NULL GROUP BY session_id"
+    )}
+    here = socket.gethostname()
+    sessions = []
+    for r in rows:
+        session_id, lease_left = str(r[0]), round(float(r[4]), 3)
+        manager_running = None
+        if r[2] in (None, here):
+            # Exact where the manager recorded its start tick: a reused pid is not it.
+            manager_running = (start_stamp(r[1]) == r[5]) if r[5] and r[1] else runs_since(r[1], r[3])
+        state = _session_state(lease_left > 0, manager_running, last_event.get(session_id))
+        sessions.append(SessionRow(session_id, r[1], r[2], r[3], lease_left, state, manager_running,
+                                   r[5]))
+    return sessions
+
+
+def _session_state(lease_alive: bool, manager_running: bool | None, last_pool_event: str | None) -> str:
+    if last_pool_event == "pool_stopped":
+        return "stopped"
+    if not lease_alive or manager_running is False:
+        return "gone"
+    return {"pool_started": "running", "pool_stopping": "stopping"}.get(last_pool_event or "", "starting")
 
 
 def read_workers(
@@ -248,16 +380,30 @@ def read_workers(
     missing = [int(r[0]) for r in rows if int(r[0]) not in cache and r[2] != "created"]
     if missing:
         cache.update(registered_pids(conn, missing))
-    return [
-        WorkerRow(
+    local = _local_sessions(conn)
+    workers = []
+    for r in rows:
+        pid = cache.get(int(r[0]))
+        process_running = (alive(pid) if pid is not None and r[3] != "docker" and r[5] in local
+                           and r[2] in ACTIVE_STATUSES else None)
+        workers.append(WorkerRow(
             id=int(r[0]), worker_type=str(r[1]), status=str(r[2]), execution_mode=r[3],
-            container_id=str(r[4]), session_id=r[5], pid=cache.get(int(r[0])),
+            container_id=str(r[4]), session_id=r[5], pid=pid,
             jobs_processed=int(r[6]), jobs_failed=int(r[7]), started_at=r[8], last_heartbeat=r[9],
             heartbeat_age=None if r[2] == "created" or r[10] is None else round(max(0.0, float(r[10])), 3),
             age=None if r[11] is None else round(max(0.0, float(r[11])), 3),
-        )
-        for r in rows
-    ]
+            process_running=process_running,
+        ))
+    return workers
+
+
+def _local_sessions(conn: sqlite3.Connection) -> set[str]:
+    """The sessions whose manager runs (or ran) on this host: their pids mean something here."""
+    if not _has_table(conn, "clm_worker_sessions"):
+        return set()
+    here = socket.gethostname()
+    return {str(r[0]) for r in conn.execute("SELECT session_id, host FROM clm_worker_sessions")
+            if r[1] in (None, here)}
 
 
 def registered_pids(conn: sqlite3.Connection, worker_ids: Collection[int]) -> dict[int, int | None]:
@@ -305,8 +451,98 @@ def read_events(
     ]
 
 
-def job_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    return {str(s): int(n) for s, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")}
+def job_counts(conn: sqlite3.Connection, session: str | None = None) -> dict[str, int]:
+    """``{status: count}`` of the whole ``jobs`` table, or of one session's pool.
+
+    A pool's jobs are the ones its workers took (``worker_id`` one of the
+    session's rows: processing, completed, failed) and the ``pending`` ones of
+    its worker types, which it is there to serve; jobs that workers of other
+    sessions (or of earlier runs) handled are not counted.
+    """
+    if session is None:
+        rows = conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+    else:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM jobs WHERE"
+            " worker_id IN (SELECT id FROM workers WHERE session_id = ?)"
+            " OR (status = 'pending' AND job_type IN (SELECT worker_type FROM workers WHERE session_id = ?))"
+            " GROUP BY status",
+            (session, session),
+        )
+    return {str(s): int(n) for s, n in rows}
+
+
+#: Columns of ``jobs`` that not every CLM generation has (CLM 1.9 has no ``session_id``):
+#: read as ``NULL`` where the table lacks them.
+_OPTIONAL_JOB_COLUMNS = ("priority", "attempts", "max_attempts", "error", "session_id", "payload", "result",
+                         "traceback")
+
+
+def _job_columns(conn: sqlite3.Connection, *, details: bool = False) -> str:
+    present = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
+
+    def col(name: str) -> str:
+        return f"j.{name}" if name in present or name not in _OPTIONAL_JOB_COLUMNS else "NULL"
+
+    columns = (
+        f"j.id, j.job_type, j.status, COALESCE({col('priority')}, 0), j.input_file, j.output_file,"
+        f" j.worker_id, w.worker_type, w.container_id,"
+        f" COALESCE({col('attempts')}, 0), COALESCE({col('max_attempts')}, 3),"
+        " j.created_at, j.started_at, j.completed_at,"
+        f" (julianday('now') - julianday(j.created_at)) * {_SECONDS},"
+        f" (julianday(COALESCE(j.completed_at, 'now')) - julianday(j.started_at)) * {_SECONDS},"
+        f" {col('error')}, {col('session_id')}"
+    )
+    if details:
+        columns += f", {col('payload')}, {col('result')}, {col('traceback')}"
+    return columns
+
+
+def read_jobs(
+    conn: sqlite3.Connection,
+    *,
+    status: str | None = None,
+    job_type: str | None = None,
+    last: int = 20,
+) -> list[JobRow]:
+    """The ``last`` jobs (by id; filtered by status and type), oldest of them first."""
+    where: list[str] = []
+    params: list[object] = []
+    if status is not None:
+        where.append("j.status = ?")
+        params.append(status)
+    if job_type is not None:
+        where.append("j.job_type = ?")
+        params.append(job_type)
+    rows = conn.execute(
+        f"SELECT * FROM (SELECT {_job_columns(conn)} FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY j.id DESC LIMIT ?) ORDER BY 1",
+        [*params, last],
+    ).fetchall()
+    return [_job(r) for r in rows]
+
+
+def read_job(conn: sqlite3.Connection, job_id: int) -> JobRow | None:
+    """One job with its payload, result and traceback; ``None`` when there is no such id."""
+    row = conn.execute(
+        f"SELECT {_job_columns(conn, details=True)}"
+        " FROM jobs j LEFT JOIN workers w ON w.id = j.worker_id WHERE j.id = ?",
+        (job_id,),
+    ).fetchone()
+    return None if row is None else _job(row[:18], payload=row[18], result=row[19], traceback=row[20])
+
+
+def _job(r: tuple[Any, ...], **details: str | None) -> JobRow:
+    worker = None if r[6] is None else worker_label(str(r[7] or "?"), r[8], int(r[6]))
+    return JobRow(
+        id=int(r[0]), job_type=str(r[1]), status=str(r[2]), priority=int(r[3]), input_file=str(r[4]),
+        output_file=str(r[5]), worker_id=r[6], worker=worker, attempts=int(r[9]), max_attempts=int(r[10]),
+        created_at=r[11], started_at=r[12], completed_at=r[13],
+        age=None if r[14] is None else round(max(0.0, float(r[14])), 3),
+        duration=None if r[12] is None or r[15] is None else round(max(0.0, float(r[15])), 3),
+        error=r[16], session_id=r[17], **details,
+    )
 
 
 def snapshot(
@@ -335,7 +571,7 @@ def snapshot(
             sessions=sessions,
             workers=workers,
             events=read_events(conn, session=session, last=events) if events else [],
-            jobs=job_counts(conn),
+            jobs=job_counts(conn, session),
             dead_hidden=0 if include_dead else _count_dead(conn, session),
         )
     finally:
@@ -355,7 +591,7 @@ def active_rows(conn: sqlite3.Connection, session: str) -> list[WorkerRow]:
     return [w for w in read_workers(conn, session=session) if w.status in ACTIVE_STATUSES]
 
 
-# -- the one write, for ``stop`` -------------------------------------------------------
+# -- the two writes: ``stop`` ends a lease, ``submit`` queues a job ----------------------
 
 
 def expire_lease(conn: sqlite3.Connection, session: str) -> None:
@@ -367,6 +603,46 @@ def expire_lease(conn: sqlite3.Connection, session: str) -> None:
             " WHERE session_id = ? AND lease_expires_at > julianday('now')",
             (session,),
         )
+
+
+def submit_job(
+    conn: sqlite3.Connection,
+    job_type: str,
+    input_file: str,
+    output_file: str,
+    payload: dict[str, Any],
+    *,
+    priority: int = 0,
+    max_attempts: int = 3,
+) -> int:
+    """Queue one ``pending`` job the way CLM does; its id.
+
+    Without a ``session_id`` (``NULL``): a worker of any pool on the database
+    may take it (CLM's workers only take jobs of their own session or none).
+    """
+    values: dict[str, object] = {
+        "job_type": job_type, "status": "pending", "input_file": input_file, "output_file": output_file,
+        "content_hash": "", "payload": json.dumps(payload), "priority": priority,
+        "max_attempts": max_attempts,
+    }
+    present = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
+    names = [name for name in values if name in present or name not in _OPTIONAL_JOB_COLUMNS]
+    cursor = conn.execute(
+        f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        [values[name] for name in names],
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _json_value(text: str | None) -> Any:
+    """A JSON column's value, or the text itself when it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _json(text: object) -> dict[str, Any] | None:

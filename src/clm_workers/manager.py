@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
 
+from . import logfiles
 from .backend import ThreadedBackend
 from .clm.database import check_database
 from .clm.ownership import check_session_id
@@ -25,8 +24,10 @@ from .clm.profile import resolve_configs, worker_environment
 from .config import WorkerConfig, build_settings, resolve_docker_network, resolve_number
 from .errors import (
     ConfigError,
+    DatabaseUnusableError,
     FatalExecutorError,
     PoolStartupError,
+    PoolStoppedError,
     database_unusable,
     unwrap_lone_exception,
 )
@@ -40,7 +41,7 @@ from .plan import WorkerSpec, plan_workers
 from .registry import Event, Registry
 from .report import StartupReport
 from .startup import ProgressCallback, start_workers
-from .stopping import stop_workers
+from .stopping import run_to_completion, stop_workers
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class WorkerPoolManager:
         self._backend: ThreadedBackend | None = None
         self._own_log_dir: Path | None = None
         self._monitor_thread: _MonitorThread | None = None
+        #: Why the background monitor stopped the pool by itself (its database file is gone), if it did.
+        self.stopped_reason: str | None = None
 
     @property
     def registry(self) -> Registry:
@@ -200,10 +203,14 @@ class WorkerPoolManager:
         """Start a replacement for the worker of ``spec`` (same type and index).
 
         Returns whether it registered; a failed replacement is stopped and
-        reported like any failed start.  Used by the monitor.
+        reported like any failed start.  Raises :class:`DatabaseUnusableError`
+        when the database refuses the new row (no worker was started; the
+        monitor tries again later).  Used by the monitor.
         """
         try:
             report = await self._start([spec.respawned()], on_progress, announce=False)
+        except DatabaseUnusableError:
+            raise
         except PoolStartupError as exc:
             log.error("replacing %s failed: %s", spec.label, exc)
             return False
@@ -230,7 +237,7 @@ class WorkerPoolManager:
         if self._monitor_thread is not None:
             raise RuntimeError("the pool is already monitored")
         monitor = self.make_monitor(settings)
-        self._monitor_thread = _MonitorThread(monitor)
+        self._monitor_thread = _MonitorThread(monitor, self._stopped_by_monitor)
         self._monitor_thread.start()
         return monitor
 
@@ -256,31 +263,44 @@ class WorkerPoolManager:
         SIGTERM to all, ``stop_timeout`` of grace, then SIGKILL, under one
         overall bound.  Idempotent.
 
-        Cancellation: shielded; it always finishes (within its bound).
+        Cancellation and ``KeyboardInterrupt``: neither cuts the stop short
+        (it runs to its end, within its bound, however many Ctrl-C arrive);
+        a ``KeyboardInterrupt`` that arrived meanwhile is raised afterwards,
+        once.
         """
         backend = self._backend
         if backend is None:
             return
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self.settings.stop_bound
+        try:
+            with unwrap_lone_exception():
+                await run_to_completion(lambda: self._stop_everything(backend))
+        finally:
+            self._close()
+
+    async def _stop_everything(self, backend: ThreadedBackend) -> None:
+        with trio.move_on_after(self.settings.stop_bound):
             if self._monitor_thread is not None:
                 await trio.to_thread.run_sync(self._monitor_thread.stop)
                 self._monitor_thread = None
-            handles = self._live.snapshot()
-            clock = trio.current_time()
-            await _record_quietly(backend, [Event("pool_stopping", "-", metadata={"workers": len(handles)})])
-            failures = await stop_workers(
-                backend, handles, grace=self.settings.stop_grace, owner=self._live
-            )
+            await self._stop_workers(backend)
+
+    async def _stop_workers(self, backend: ThreadedBackend) -> None:
+        """Stop every worker this manager owns, mark their rows dead, record it (the caller bounds it)."""
+        handles = self._live.snapshot()
+        clock = trio.current_time()
+        await _record_quietly(backend, [Event("pool_stopping", "-", metadata={"workers": len(handles)})])
+        failures = await stop_workers(backend, handles, grace=self.settings.stop_grace, owner=self._live)
+        try:
             await backend.mark_dead([h.spec for h in handles], handles)
-            duration = round(trio.current_time() - clock, 3)
-            await _record_quietly(backend, [
-                *(Event("worker_stopped", h.spec.worker_type, h.db_worker_id, h.spec.execution_mode,
-                        metadata={"stop_seconds": duration}) for h in handles),
-                Event("pool_stopped", "-", metadata={
-                    "workers": len(handles), "failures": len(failures), "duration": duration}),
-            ])
-        self._close()
+        except Exception as exc:  # what the workers did not mark themselves, the next manager retires
+            log.warning("could not mark the stopped workers dead: %s", exc)
+        duration = round(trio.current_time() - clock, 3)
+        await _record_quietly(backend, [
+            *(Event("worker_stopped", h.spec.worker_type, h.db_worker_id, h.spec.execution_mode,
+                    metadata={"stop_seconds": duration}) for h in handles),
+            Event("pool_stopped", "-", metadata={
+                "workers": len(handles), "failures": len(failures), "duration": duration}),
+        ])
 
     # -- internals -------------------------------------------------------------
 
@@ -289,50 +309,76 @@ class WorkerPoolManager:
         backend.registry.open()
         for session, rows in backend.registry.clean_dead_sessions().items():
             log.warning("retired %d worker rows left by session %s, whose manager died", rows, session)
-        if "docker" in backend.executors:
-            from .executors.docker import DockerExecutor  # imported already: it is in use
+        # Containers of managers that died: stopped by their lease, but still there.
+        # Removed by whichever manager comes next, one with only direct workers too.
+        dead = set(backend.registry.expired_sessions())
+        if "docker" not in backend.executors:
+            dead &= backend.registry.sessions_with_docker_rows()
+        if not dead:
+            return
+        from .executors.docker import DockerExecutor  # the docker SDK only when there are containers
 
-            docker_executor = backend.executors["docker"]
-            assert isinstance(docker_executor, DockerExecutor)
-            # Containers of managers that died: stopped by their lease, but still there.
-            dead = set(backend.registry.expired_sessions()) - {self.session_id}
-            try:
-                docker_executor.remove_containers_of(dead)
-            except FatalExecutorError as exc:
-                log.debug("no cleanup of dead sessions' containers: %s", exc)  # the preflight reports it
-            except Exception as exc:
-                log.warning("could not remove the containers of dead sessions: %s", exc)
+        existing = backend.executors.get("docker")
+        executor = existing if isinstance(existing, DockerExecutor) else DockerExecutor(
+            db_path=self.db_path.resolve(), workspace_path=self.workspace_path.resolve(), pool_size=2)
+        try:
+            executor.remove_containers_of(dead)
+        except FatalExecutorError as exc:
+            log.debug("no cleanup of dead sessions' containers: %s", exc)  # the preflight reports it
+        except Exception as exc:
+            log.warning("could not remove the containers of dead sessions: %s", exc)
+        finally:
+            if executor is not existing:
+                executor.close()
 
     def _open_backend(self) -> ThreadedBackend:
+        # Resolved once: the registry, the lease and every executor use the same
+        # file, whatever a symlink on the way leads to later (the lease watches it).
+        db_file = self.db_path.resolve()
         log_dir = self._log_dir
         if log_dir is None:
-            log_dir = self._own_log_dir = Path(
-                tempfile.mkdtemp(prefix=f"clm-workers-{self.session_id[:8]}-")
-            )
-        executors: dict[str, Executor] = {
-            "direct": DirectExecutor(
-                db_path=self.db_path.resolve(),
-                workspace_path=self.workspace_path.resolve(),
-                log_dir=log_dir,
-                log_level=self.log_level,
-                extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
-            ),
-        }
+            # Beside the database, one folder per session: findable (`clm-workers logs`)
+            # while the pool runs and after it stopped; pruned at _close.
+            log_dir = self._own_log_dir = logfiles.session_log_dir(db_file, self.session_id)
+        direct = DirectExecutor(
+            db_path=db_file,
+            workspace_path=self.workspace_path.resolve(),
+            log_dir=log_dir,
+            log_level=self.log_level,
+            extra_env=worker_environment(self.worker_configs, self.cache_db_path.resolve()),
+        )
+        executors: dict[str, Executor] = {}
+        if any(config.start_method == "forkserver" for config in self.worker_configs):
+            from .executors.forkserver import ForkServerExecutor
+
+            # Before "direct": closing executors in this order stops the templates first.
+            executors["forkserver"] = ForkServerExecutor(direct)
+        executors["direct"] = direct
         if any(config.execution_mode == "docker" for config in self.worker_configs):
             from .executors.docker import DockerExecutor  # the docker SDK only when used
 
             executors["docker"] = DockerExecutor(
-                db_path=self.db_path.resolve(),
+                db_path=db_file,
                 workspace_path=self.workspace_path.resolve(),
                 # Every spawn at once, plus the watcher's or monitor's poll.
                 pool_size=self.settings.concurrency + 2,
                 network=self.docker_network,
                 log_level=self.log_level,
             )
-        registry = Registry(self.db_path, session_id=self.session_id, lease_ttl=self.lease_ttl,
-                            serve_builds=self.serve_builds)
+        registry = Registry(db_file, session_id=self.session_id, lease_ttl=self.lease_ttl,
+                            watch_path=self.db_path, serve_builds=self.serve_builds)
         return ThreadedBackend(registry, executors, fan_out=self.settings.concurrency)
 
+    async def _stopped_by_monitor(self, error: PoolStoppedError) -> None:
+        """The background monitor found the database gone: stop every worker now (bounded)."""
+        self.stopped_reason = str(error)
+        backend = self._backend
+        if backend is not None:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.settings.stop_bound
+                await self._stop_workers(backend)
+
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C must not leave the executors or the lease half closed
     def _close(self) -> None:
         backend, self._backend = self._backend, None
         if backend is None:
@@ -345,7 +391,8 @@ class WorkerPoolManager:
             executor.close()
         backend.registry.close()
         if self._own_log_dir is not None:
-            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            # This session's logs stay; those of sessions long gone do not pile up.
+            logfiles.prune(self.db_path.resolve())
             self._own_log_dir = None
 
 
@@ -358,10 +405,17 @@ async def _record_quietly(backend: ThreadedBackend, events: list[Event]) -> None
 
 
 class _MonitorThread:
-    """A :class:`PoolMonitor` in its own Trio loop in a daemon thread."""
+    """A :class:`PoolMonitor` in its own Trio loop in a daemon thread.
 
-    def __init__(self, monitor: PoolMonitor) -> None:
+    When the monitor stops the pool (:class:`PoolStoppedError`: the database
+    file is gone), ``on_stopped`` stops the workers in that loop.
+    """
+
+    def __init__(
+        self, monitor: PoolMonitor, on_stopped: Callable[[PoolStoppedError], Awaitable[None]]
+    ) -> None:
         self.monitor = monitor
+        self.on_stopped = on_stopped
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._scope: trio.CancelScope | None = None
@@ -383,7 +437,11 @@ class _MonitorThread:
             self._token = trio.lowlevel.current_trio_token()
             with trio.CancelScope() as self._scope:
                 self._ready.set()
-                await self.monitor.run()
+                try:
+                    await self.monitor.run()
+                except PoolStoppedError as exc:
+                    log.error("%s", exc)
+                    await self.on_stopped(exc)
 
         try:
             trio.run(run)

@@ -16,9 +16,16 @@ if TYPE_CHECKING:
     from .config import WorkerConfig
 
 ExecutionMode = Literal["direct", "docker"]
+#: How a direct worker's process comes to be: ``spawn``, a fresh interpreter;
+#: ``forkserver``, forked from a template that imported its dependencies once.
+StartMethod = Literal["spawn", "forkserver"]
 #: ``pre``: the manager inserts the row and passes its id (CLM 1.x).
 #: ``self``: the worker inserts its own row, found by ``container_id`` (CLM 0.3).
 Registration = Literal["pre", "self"]
+
+
+#: Which executor starts a worker, by (execution mode, start method); any other pair: the mode's.
+EXECUTOR_NAMES: Mapping[tuple[str, str], str] = {("direct", "forkserver"): "forkserver"}
 
 
 @dataclass(frozen=True)
@@ -37,11 +44,19 @@ class WorkerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     #: The pre-registered row's id; ``None`` until pre-registration (and for ``self``).
     db_worker_id: int | None = None
+    start_method: StartMethod = "spawn"
+    #: Modules a fork server's template imports once for every worker it forks.
+    preload: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
         """Identifies the worker within one pool: ``(worker_type, index)``."""
         return (self.worker_type, self.index)
+
+    @property
+    def executor_name(self) -> str:
+        """The key of the executor that starts this worker (``ThreadedBackend.executors``)."""
+        return EXECUTOR_NAMES.get((self.execution_mode, self.start_method), self.execution_mode)
 
     @property
     def label(self) -> str:
@@ -91,6 +106,8 @@ def plan_workers(configs: Sequence[WorkerConfig], session_id: str) -> list[Worke
                     image=config.image,
                     memory_limit=config.memory_limit,
                     env=dict(config.env),
+                    start_method=config.start_method,
+                    preload=tuple(config.preload or ()),
                 )
             )
     return specs

@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterable
 
 import psutil
 
-__all__ = ["ProcessTree"]
+__all__ = ["ProcessTree", "refresh_trees"]
 
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 
@@ -39,16 +40,19 @@ class ProcessTree:
         self._add(self.root)
 
     def refresh(self) -> None:
-        """Remember the current descendants (a no-op once the worker is gone)."""
-        with contextlib.suppress(*_GONE):
-            children = self.root.children(recursive=True)
-            with self._lock:
-                for child in children:
-                    self._add(child)
+        """Remember the current descendants (a no-op once the worker is gone).
+
+        Reads the whole process table: to refresh many trees, use
+        :func:`refresh_trees`, which reads it once for all of them.
+        """
+        refresh_trees([self])
 
     def members(self) -> list[psutil.Process]:
-        """Every remembered process that still runs (zombies count as gone), the current ones included."""
-        self.refresh()
+        """Every remembered process that still runs (zombies count as gone).
+
+        What was remembered at the last :meth:`refresh`: callers refresh
+        first where descendants may have appeared since.
+        """
         with self._lock:
             candidates = list(self._members.values())
         return [p for p in candidates if _running(p)]
@@ -85,6 +89,7 @@ class ProcessTree:
         not their sum: the members wait side by side (a container's worker
         and its init).  0.0 where the kernel does not say.
         """
+        self.refresh()
         return max((_run_queue_wait(p.pid) for p in self.members()), default=0.0)
 
     def signal(self, sig: signal.Signals, *, include_root: bool = True) -> int:
@@ -106,6 +111,28 @@ class ProcessTree:
     def _add(self, process: psutil.Process) -> None:
         with contextlib.suppress(*_GONE):
             self._members.setdefault((process.pid, process.create_time()), process)
+
+
+def refresh_trees(trees: Iterable[ProcessTree]) -> None:
+    """:meth:`ProcessTree.refresh` for many trees, reading the process table once."""
+    live = [t for t in trees if _running(t.root)]
+    if not live:
+        return
+    children: dict[int, list[psutil.Process]] = {}
+    for process in psutil.process_iter(["ppid"]):
+        ppid = process.info["ppid"]
+        if ppid:
+            children.setdefault(ppid, []).append(process)
+    for tree in live:
+        found: list[psutil.Process] = []
+        stack = [tree.root.pid]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                found.append(child)
+                stack.append(child.pid)
+        with tree._lock:
+            for child in found:
+                tree._add(child)
 
 
 def _run_queue_wait(pid: int) -> float:

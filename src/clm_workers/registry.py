@@ -11,21 +11,28 @@ the session's own.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import schema
-from .clm.database import prepare_database
+from .clm.database import Kind, prepare_database
 from .clm.installed import installed_clm
 from .clm.ownership import RowOwner, row_owner, running_session_sql
+from .inventory import docker_sessions
 from .lease import SessionLease
+from .ownership import start_stamp
 from .plan import WorkerSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,20 @@ class Event:
 
 class Registry:
     def __init__(
-        self, db_path: Path, *, session_id: str, lease_ttl: float | None = None, serve_builds: bool = False
+        self, db_path: Path, *, session_id: str, lease_ttl: float | None = None,
+        watch_path: Path | None = None, serve_builds: bool = False,
     ) -> None:
         """``lease_ttl``: keep a session lease (see :mod:`clm_workers.lease`) while open.
-        ``serve_builds``: write shared rows, which every CLM build on the database may use."""
+
+        ``db_path`` is opened as it is (the manager passes the resolved path);
+        ``watch_path``, the path as the user gave it (default ``db_path``), is
+        the one the lease watches for being deleted, replaced or swapped.
+        ``serve_builds``: write shared rows, which every CLM build on the database may use.
+        """
         self.db_path = Path(db_path)
         self.session_id = session_id
-        self._lease = None if lease_ttl is None else SessionLease(self.db_path, session_id, ttl=lease_ttl)
+        self._lease = None if lease_ttl is None else SessionLease(
+            watch_path or self.db_path, session_id, ttl=lease_ttl)
         self.owner: RowOwner = row_owner(session_id, serve_builds=serve_builds)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -76,6 +90,7 @@ class Registry:
         self.poll_queries = 0
         #: The columns of this file's ``jobs`` table (CLM 1.9.2's has no ``session_id``).
         self._job_columns: set[str] = set()
+        self._probe: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -89,7 +104,8 @@ class Registry:
         with self._lock:
             if self._conn is not None:
                 return
-            prepare_database(self.db_path, installed_clm())
+            if prepare_database(self.db_path, installed_clm()).kind is Kind.NEW:
+                _give_to_folder_owner(self.db_path)
             conn = schema.connect(self.db_path, check_same_thread=False)
             try:
                 self._job_columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(jobs)")}
@@ -108,6 +124,35 @@ class Registry:
                     self._lease.stop()
                 self._conn.close()
                 self._conn = None
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+
+    def lost(self) -> str | None:
+        """Why this pool's database is gone (deleted, replaced, its path swapped, its session row
+        deleted), or ``None``: what the lease found, or a fresh look at the file (a ``stat``)."""
+        if self._lease is None:
+            return None
+        return self._lease.lost or self._lease.check_file()
+
+    def writable(self, wait: float = 0.5) -> bool:
+        """Whether the write lock can be had within ``wait`` seconds (taken and released at once).
+
+        ``False`` means another process holds it: nobody's heartbeat gets
+        through while that lasts, so silence then proves nothing.
+        """
+        with self._lock:
+            if self._probe is None:
+                self._probe = sqlite3.connect(str(self.db_path), timeout=wait, isolation_level=None,
+                                              check_same_thread=False)
+            try:
+                self._probe.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return False
+                raise
+            self._probe.execute("ROLLBACK")
+            return True
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -124,35 +169,28 @@ class Registry:
         database fails here, before anything is spawned.
         """
         result: list[WorkerSpec] = []
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for spec in specs:
-                    if spec.registration != "pre":
-                        result.append(spec)
-                        continue
-                    cursor = db.execute(
-                        "INSERT INTO workers (worker_type, container_id, status, execution_mode,"
-                        " config, session_id, managed_by, parent_pid)"
-                        " VALUES (?, ?, 'created', ?, ?, ?, ?, ?)",
-                        (
-                            spec.worker_type, spec.executor_id, spec.execution_mode,
-                            json.dumps({"module": spec.module, "image": spec.image}),
-                            self.owner.session_id, self.owner.managed_by, os.getpid(),
-                        ),
-                    )
-                    assert cursor.lastrowid is not None
-                    result.append(spec.with_db_id(cursor.lastrowid))
-                self._insert_events(db, [*events, *(
-                    Event("worker_starting", s.worker_type, s.db_worker_id, s.execution_mode,
-                          f"{s.label} starting as {s.executor_id}")
-                    for s in result
-                )])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._lock, _transaction(self._db()) as db:
+            for spec in specs:
+                if spec.registration != "pre":
+                    result.append(spec)
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO workers (worker_type, container_id, status, execution_mode,"
+                    " config, session_id, managed_by, parent_pid)"
+                    " VALUES (?, ?, 'created', ?, ?, ?, ?, ?)",
+                    (
+                        spec.worker_type, spec.executor_id, spec.execution_mode,
+                        json.dumps({"module": spec.module, "image": spec.image}),
+                        self.owner.session_id, self.owner.managed_by, os.getpid(),
+                    ),
+                )
+                assert cursor.lastrowid is not None
+                result.append(spec.with_db_id(cursor.lastrowid))
+            self._insert_events(db, [*events, *(
+                Event("worker_starting", s.worker_type, s.db_worker_id, s.execution_mode,
+                      f"{s.label} starting as {s.executor_id}")
+                for s in result
+            )])
         return result
 
     def registered_rows(
@@ -185,29 +223,22 @@ class Registry:
         if not db_ids and not container_ids:
             return 0
         params = (json.dumps(list(db_ids)), json.dumps(list(container_ids)))
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [
-                    r[0] for r in db.execute(
-                        "SELECT id FROM workers WHERE id IN (SELECT value FROM json_each(?))"
-                        " OR container_id IN (SELECT value FROM json_each(?))",
-                        params,
-                    )
-                ]
-                # A CLM worker deletes its own row when it stops: its job may
-                # still name it, and CLM's own requeue (a join on a dead row)
-                # would never find that job.
-                requeued = self._release_jobs(db, sorted({*ids, *db_ids}), reason)
-                db.execute(
-                    "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(ids),),
+        with self._lock, _transaction(self._db()) as db:
+            ids = [
+                r[0] for r in db.execute(
+                    "SELECT id FROM workers WHERE id IN (SELECT value FROM json_each(?))"
+                    " OR container_id IN (SELECT value FROM json_each(?))",
+                    params,
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            ]
+            # A CLM worker deletes its own row when it stops: its job may
+            # still name it, and CLM's own requeue (a join on a dead row)
+            # would never find that job.
+            requeued = self._release_jobs(db, sorted({*ids, *db_ids}), reason)
+            db.execute(
+                "UPDATE workers SET status = 'dead' WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            )
         return requeued
 
     @staticmethod
@@ -290,17 +321,18 @@ class Registry:
             ).fetchall()
         return [int(r[0]) for r in rows]
 
-    def clean_dead_sessions(self) -> dict[str, int]:
+    def clean_dead_sessions(self, *, expired_for: float = 0.0) -> dict[str, int]:
         """Retire the rows that managers which died left claiming live workers.
 
         A session is dead when its lease expired (its manager stopped renewing
-        it).  Its ``created``/``idle``/``busy``/``hung`` rows become ``dead``
-        and their in-flight jobs are requeued.  A live session (lease valid) is
-        never touched, nor are rows without a session (CLM's own workers).
-        Returns ``{session id: rows retired}``.
+        it), at least ``expired_for`` seconds ago (see :meth:`expired_sessions`).
+        Its ``created``/``idle``/``busy``/``hung`` rows become ``dead`` and
+        their in-flight jobs are requeued.  A live session (lease valid) is
+        never touched, nor are rows without a session (CLM's own workers), nor
+        this registry's own session.  Returns ``{session id: rows retired}``.
         """
         cleaned: dict[str, int] = {}
-        for session in self.expired_sessions():
+        for session in self.expired_sessions(expired_for=expired_for):
             with self._lock:
                 ids = [
                     int(r[0]) for r in self._db().execute(
@@ -314,26 +346,33 @@ class Registry:
                 cleaned[session] = len(ids)
         return cleaned
 
-    def expired_sessions(self) -> list[str]:
-        """Sessions whose manager stopped renewing its lease: their manager is gone."""
-        with self._lock:
+    def expired_sessions(self, *, expired_for: float = 0.0) -> list[str]:
+        """Sessions whose manager stopped renewing its lease (``expired_for`` seconds ago or more).
+
+        Never this registry's own session, and never one whose manager
+        provably still runs on this host (its pid with the start tick it
+        recorded): its renewals are only late, held up by a busy database.
+        """
+        with self._lock:  # open() gave the table every column (schema.ensure_own_tables)
             rows = self._db().execute(
-                "SELECT session_id FROM clm_worker_sessions WHERE lease_expires_at < julianday('now')"
+                "SELECT session_id, pid, host, proc_start FROM clm_worker_sessions"
+                " WHERE lease_expires_at < julianday('now') - ? AND session_id != ?",
+                (expired_for / 86400.0, self.session_id),
             ).fetchall()
-        return [str(r[0]) for r in rows]
+        here = socket.gethostname()
+        return [str(session) for session, pid, host, stamp in rows
+                if not (host == here and stamp and pid and start_stamp(int(pid)) == stamp)]
+
+    def sessions_with_docker_rows(self) -> set[str]:
+        """Sessions that ever had a docker worker in this database (so may have left containers)."""
+        with self._lock:
+            return docker_sessions(self._db())
 
     # -- events ------------------------------------------------------------
 
     def record_events(self, events: Iterable[Event]) -> None:
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._insert_events(db, events)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._lock, _transaction(self._db()) as db:
+            self._insert_events(db, events)
 
     def _insert_events(self, db: sqlite3.Connection, events: Iterable[Event]) -> None:
         db.executemany(
@@ -382,6 +421,45 @@ class Registry:
                 (json.dumps(list(job_ids)),),
             ).fetchall()
         return {int(r[0]): (str(r[1]), r[2]) for r in rows}
+
+
+def _give_to_folder_owner(db_path: Path) -> None:
+    """A database that root just made in someone's folder belongs to that someone.
+
+    The workers (containers never run as root) must write it, and a file in
+    a user's folder that the user cannot write helps nobody.  SQLite gives its
+    ``-wal`` and ``-shm`` files the database's owner from then on.
+    """
+    if os.geteuid() != 0:
+        return
+    folder = os.stat(db_path.parent)
+    if folder.st_uid == 0:
+        return
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(path, folder.st_uid, folder.st_gid, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error, roll back what is left and raise that error.
+
+    SQLite itself rolls the transaction back on some errors (``database or
+    disk is full``, I/O errors): a ``ROLLBACK`` then would fail with "no
+    transaction is active" and hide the real cause, so it is issued only
+    while a transaction is open, and its own failure never replaces the original.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # the original error is the one that matters
+                log.debug("rollback after an error failed too: %s", exc)
+        raise
 
 
 def _float(value: Any) -> float | None:

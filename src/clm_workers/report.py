@@ -21,6 +21,10 @@ class StartedWorker:
     spawned_at: float
     registered_at: float
     pid: int | None = None
+    #: ``spawn`` or ``forkserver``: how its process was made (docker workers: ``spawn``).
+    start_method: str = "spawn"
+    #: Why it was started otherwise than its pool asked ("" when it was not).
+    note: str = ""
 
     @property
     def registration_seconds(self) -> float:
@@ -40,6 +44,8 @@ class FailedWorker:
     exit_code: int | None = None
     #: The last lines of the worker's stderr, when there was a process.
     output_tail: str = ""
+    start_method: str = "spawn"
+    note: str = ""
 
 
 @dataclass
@@ -52,6 +58,16 @@ class StartupReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def notes(self) -> list[str]:
+        """Each distinct note of the workers (a fork server that fell back to spawn, and why), by type."""
+        seen: dict[str, None] = {}
+        for worker_type, note in [*((w.worker_type, w.note) for w in self.started),
+                                  *((f.worker_type, f.note) for f in self.failed)]:
+            if note:
+                seen.setdefault(f"{worker_type}: {note}")
+        return list(seen)
 
     def summary(self) -> str:
         total = len(self.started) + len(self.failed)

@@ -128,15 +128,20 @@ CREATE INDEX IF NOT EXISTS idx_worker_heartbeats_job ON worker_heartbeats(job_id
 
 #: clm-workers' own table (CLM ignores it): one row per manager session; the
 #: manager keeps ``lease_expires_at`` (a julianday) in the future while it lives.
+#: ``proc_start`` is the manager's own ``<boot id>:<start tick>`` (see
+#: :mod:`clm_workers.ownership`): ``stop`` signals only that very process.
 OWN_SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS clm_worker_sessions (
     session_id TEXT PRIMARY KEY,
     pid INTEGER,
     host TEXT,
     started_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    lease_expires_at REAL NOT NULL
+    lease_expires_at REAL NOT NULL,
+    proc_start TEXT
 );
 """
+#: Columns added to ``clm_worker_sessions`` after its first release, for files made before.
+_OWN_COLUMNS_ADDED = (("proc_start", "TEXT"),)
 
 
 def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -179,3 +184,11 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 def ensure_own_tables(conn: sqlite3.Connection) -> None:
     """Add clm-workers' own table to a CLM database (idempotent; CLM's tables untouched)."""
     conn.executescript(OWN_SCHEMA_SQL)
+    have = {str(r[1]) for r in conn.execute("PRAGMA table_info(clm_worker_sessions)")}
+    for name, kind in _OWN_COLUMNS_ADDED:
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE clm_worker_sessions ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another manager added it just now
+                if "duplicate column" not in str(exc):
+                    raise

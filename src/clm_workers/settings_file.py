@@ -25,8 +25,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from .clm.database import check_database
 from .clm.generations import PROFILE_CHOICES
 from .clm.profile import resolve_configs
 from .config import (
@@ -34,12 +35,14 @@ from .config import (
     MAX_WORKERS_PER_CONFIG,
     REGISTRATION_PROTOCOLS,
     SLOT_MODES,
+    START_METHODS,
     WorkerConfig,
 )
 from .errors import ConfigError
 from .modules import unrunnable_pool, unrunnable_reason
-from .monitor import MonitorSettings
-from .restart import RestartPolicy
+
+if TYPE_CHECKING:  # the monitor imports trio: only load_settings needs it
+    from .monitor import MonitorSettings
 
 #: The file ``start`` (and ``status``/``stop``) read when no ``--config`` is given.
 DEFAULT_CONFIG_NAME = "workers.toml"
@@ -72,8 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspace", "path", ".", "an existing folder",
             "the workers' working folder (`WORKSPACE_PATH`)", flag="--workspace"),
     Setting("log_dir", "path", None, "a folder (created if missing)",
-            "keep each direct worker's output in `<executor id>.log` here (default: a temporary "
-            "folder, removed at stop)"),
+            "keep each direct worker's output in `<executor id>.log` here (default: "
+            "`<database>.logs/<session id>/`, kept for the last 10 sessions)"),
     Setting("worker_log_level", "choice", "INFO", "one of " + ", ".join(LOG_LEVELS),
             "`LOG_LEVEL` given to the workers", choices=LOG_LEVELS),
     Setting("clm_profile", "choice", "auto", "one of " + ", ".join(repr(c) for c in PROFILE_CHOICES),
@@ -85,7 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lease_ttl", "seconds", 10.0, "1-3600 s",
             "how long containers outlive a manager that died without stopping them",
             env="CLM_SESSION_LEASE_TTL", minimum=1.0, maximum=3600.0),
-    Setting("serve_builds", "bool", True, "true or false",
+    Setting("serve_builds", "bool", False, "true or false",
             "every CLM build on the database may use the pool (`clm build` reuses its workers), not only "
             "jobs of its own session"),
     Setting("startup.concurrency", "int", 10, "a whole number from 1 to 1000",
@@ -166,6 +169,13 @@ POOL_KEYS: tuple[PoolKey, ...] = (
             "`python -m` can run", "the module the worker runs"),
     PoolKey("env", "env", "`{}`", "a table of variable names to strings (numbers are converted)",
             "extra environment for the workers"),
+    PoolKey("start_method", "start_method", "`spawn`",
+            "one of " + ", ".join(repr(m) for m in START_METHODS) + "; 'spawn' for docker pools",
+            "`spawn`: a fresh interpreter per worker; `forkserver`: fork each worker from a template "
+            "that imported `preload` once (direct pools only)"),
+    PoolKey("preload", "preload", "for CLM's own modules, their worker's imports (e.g. "
+            "`clm.workers.notebook.notebook_worker`); else none", "a list of dotted module names",
+            "what a `forkserver` pool's template imports once for all its workers"),
     PoolKey("registration", "registration", "`pre`",
             "one of " + ", ".join(repr(r) for r in REGISTRATION_PROTOCOLS),
             "`pre`: the manager inserts the row (CLM 1.x); `self`: the worker does (CLM 0.3)"),
@@ -315,6 +325,9 @@ def load_settings(
 
     configs, pool_locations = _pools(data, locator)
 
+    from .monitor import MonitorSettings
+    from .restart import RestartPolicy
+
     monitor = MonitorSettings(
         interval=monitor_interval,
         heartbeat_timeout=heartbeat,
@@ -365,11 +378,13 @@ def resolve_database(
     shown_as: str | None = None,
     cwd: Path | None = None,
 ) -> tuple[Path, str] | None:
-    """The database for ``status``/``stop``: ``--db`` > ``CLM_JOBS_DB_PATH`` > the file's ``database``.
+    """The database for ``status``/``stop``/``jobs``/``logs``/``submit``:
+    ``--db`` > ``CLM_JOBS_DB_PATH`` > the file's ``database``.
 
     Returns the path and where it came from (for messages), or ``None`` when
-    nothing names one.  Only the file's syntax and keys are checked here, not
-    its pools: ``status`` must work on any database.
+    nothing names one.  Of the file only ``database`` is read (and the file
+    must be valid TOML): a mistake elsewhere in it must not keep anyone from
+    looking at, or stopping, a pool.
     """
     environ = os.environ if environ is None else environ
     cwd = cwd or Path.cwd()
@@ -380,13 +395,35 @@ def resolve_database(
         return _absolute(Path(env_value), cwd), "database (env CLM_JOBS_DB_PATH)"
     if config_path is None:
         return None
+    found = _file_path(config_path, "database", shown_as)
+    assert found is not None  # database has a default
+    return found
+
+
+def resolve_log_dir(
+    config_path: Path | None, *, flag: str | None, shown_as: str | None = None, cwd: Path | None = None
+) -> Path | None:
+    """Where a pool wrote its workers' logs: ``--log-dir`` > the file's ``log_dir``; ``None``: the default
+    beside the database (:mod:`clm_workers.logfiles`).  Of the file only ``log_dir`` is read."""
+    if flag:
+        return _absolute(Path(os.path.expanduser(flag)), cwd or Path.cwd())
+    if config_path is None:
+        return None
+    found = _file_path(config_path, "log_dir", shown_as)
+    return None if found is None else found[0]
+
+
+def _file_path(config_path: Path, key: str, shown_as: str | None) -> tuple[Path, str] | None:
+    """One top-level path setting of the file (its default when absent), relative to the file's folder."""
     data, locator = read_config_file(config_path, shown_as)
-    _check_keys(data, locator)
-    raw = data.get("database", SETTINGS_BY_KEY["database"].default)
-    where = f"database ({locator.where(('database',))})"
+    default = SETTINGS_BY_KEY[key].default
+    raw = data.get(key, default)
+    if raw is None:
+        return None
+    where = f"{key} ({locator.where((key,))})"
     if not isinstance(raw, str) or not raw.strip():
-        raise ConfigError(where, raw, "a file path")
-    return _absolute(Path(raw), config_path.resolve().parent), where
+        raise ConfigError(where, raw, "a file path" if key == "database" else "a folder path")
+    return _absolute(Path(os.path.expanduser(raw)), config_path.resolve().parent), where
 
 
 # -- checks that need the machine ---------------------------------------------------
@@ -421,6 +458,7 @@ def _check_database_path(path: Path, where: str) -> None:
         raise ConfigError(where, str(path), f"{allowed} ({folder} is not writable)")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         raise ConfigError(where, str(path), "a database file this user can read and write")
+    check_database(path, where)  # another application's file: refused, left as it is
 
 
 # -- resolution ---------------------------------------------------------------------
@@ -553,10 +591,11 @@ def _pools(
         if not isinstance(env, dict):
             raise ConfigError(f"pools[{index}].env ({locations[(index, 'env')]})", env,
                               "a table such as { CLM_SIM_BOOT_DELAY = \"1.0\" }")
-        env = {
-            k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-            for k, v in env.items()
-        }
+        for name, value in env.items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ConfigError(f"pools[{index}].env.{name} ({locations[(index, 'env')]})", value,
+                                  "a string, or a number (converted to a string)")
+        env = {k: v if isinstance(v, str) else str(v) for k, v in env.items()}
         try:
             configs.append(WorkerConfig(
                 worker_type=pool["type"],
@@ -567,6 +606,8 @@ def _pools(
                 module=pool.get("module"),
                 env=env,
                 registration=pool.get("registration"),
+                start_method=pool.get("start_method", "spawn"),
+                preload=pool.get("preload"),
             ))
         except ConfigError as exc:
             raise _in_file(exc, index, locations) from None
@@ -723,4 +764,5 @@ __all__ = [
     "missing_setting",
     "read_config_file",
     "resolve_database",
+    "resolve_log_dir",
 ]

@@ -20,7 +20,8 @@ are set by the environment (on top of the runtime's variables):
 A job copies ``input_file`` to ``output_file`` (relative to the workspace)
 after sleeping ``payload["seconds"]`` (no CPU) and after a child process
 computed for ``payload["child_cpu"]`` CPU seconds (as a Jupyter kernel does
-for a notebook worker), and returns ``{"bytes": n}``.
+for a notebook worker), or slept ``payload["child_seconds"]`` in a child
+process, and returns ``{"bytes": n}``.
 """
 
 from __future__ import annotations
@@ -55,11 +56,16 @@ def handle(job: Job, ctx: WorkerContext) -> dict[str, Any]:
     if seconds > 0:
         time.sleep(seconds)
     child_cpu = float(job.payload.get("child_cpu", 0))
-    if child_cpu > 0:
+    child_seconds = float(job.payload.get("child_seconds", 0))
+    if child_cpu > 0 or child_seconds > 0:
         import subprocess  # deferred: only such jobs need it
 
-        burn = f"import time\nend = time.process_time() + {child_cpu}\nwhile time.process_time() < end: pass"
-        subprocess.run([sys.executable, "-c", burn], check=True)
+        if child_cpu > 0:
+            code = (f"import time\nend = time.process_time() + {child_cpu}\n"
+                    "while time.process_time() < end: pass")
+        else:
+            code = f"import time\ntime.sleep({child_seconds})"
+        subprocess.run([sys.executable, "-c", code], check=True)
     output = ctx.workspace / job.output_file
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)

@@ -30,7 +30,7 @@ from .ledger import LiveWorkers
 from .plan import WorkerSpec
 from .registry import Event
 from .report import FailedWorker, FailurePhase, ProgressEvent, StartedWorker, StartupReport
-from .stopping import stop_workers
+from .stopping import run_to_completion, stop_workers
 from .watcher import Exited, Outcome, Registered, RegistrationWatcher
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,8 @@ class _StartupRun:
         mode_of = {spec.key: spec.execution_mode for spec in self.specs}
         events = [
             Event("worker_ready", w.worker_type, w.db_worker_id, mode_of[(w.worker_type, w.index)],
-                  metadata={"spawned_at": round(w.spawned_at, 3), "registered_at": round(w.registered_at, 3)})
+                  metadata={"spawned_at": round(w.spawned_at, 3), "registered_at": round(w.registered_at, 3),
+                            "start_method": w.start_method, **({"note": w.note} if w.note else {})})
             for w in self.report.started
         ]
         if self.announce:
@@ -231,6 +232,7 @@ class _StartupRun:
                 worker_type=spec.worker_type, index=spec.index, executor_id=handle.executor_id,
                 db_worker_id=outcome.db_worker_id, spawned_at=spawned_at,
                 registered_at=self.elapsed(outcome.at), pid=handle.pid,
+                start_method=handle.start_method, note=handle.note,
             ))
             self._progress("registered", spec)
 
@@ -299,6 +301,9 @@ class _StartupRun:
         if handle is not None:
             await stop_workers(self.backend, [handle], grace=self.settings.stop_grace, owner=self.owner)
             tail = (await self.backend.output_tail(handle)).strip()
+            if phase == "timeout" and await self._registered_after_all(handle):
+                # Its own registration event says "registered": say why that did not count.
+                reason = f"{reason} (it registered only after its deadline, as it was being stopped)"
         try:
             await self.backend.mark_dead([spec], [handle] if handle else [])
         except Exception as exc:  # the database failed: every other start is doomed too
@@ -308,7 +313,8 @@ class _StartupRun:
         failure = FailedWorker(
             worker_type=spec.worker_type, index=spec.index, phase=phase, reason=reason,
             executor_id=handle.executor_id if handle else None, exit_code=exit_code,
-            output_tail=tail,
+            output_tail=tail, start_method=handle.start_method if handle else spec.start_method,
+            note=handle.note if handle else "",
         )
         self.report.failed.append(failure)
         await self._audit([Event(
@@ -318,6 +324,13 @@ class _StartupRun:
         self._progress("failed", spec, reason, phase)
         if self.settings.fail_fast:
             self.fail_fatal(f"{spec.label} failed ({phase}) and fail_fast is set: {reason}")
+
+    async def _registered_after_all(self, handle: WorkerHandle) -> bool:
+        """Whether a worker failed as a timeout shows a registration now (it came too late)."""
+        try:
+            return handle in (await self.backend.poll([handle])).registered
+        except Exception:  # a diagnostic only
+            return False
 
     def _progress(
         self, kind: str, spec: WorkerSpec, detail: str = "", phase: FailurePhase | None = None
@@ -332,17 +345,23 @@ class _StartupRun:
     async def _clean_up(self) -> None:
         """Stop every worker this run started and release every row it created.
 
-        Shielded from outside cancellation, bounded by ``settings.stop_bound``.
+        Shielded from outside cancellation, bounded by ``settings.stop_bound``,
+        and not cut short by Ctrl-C either: a ``KeyboardInterrupt`` that
+        arrives meanwhile is raised once the cleanup is done.
         """
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self.settings.stop_bound
+        try:
+            await run_to_completion(self._stop_all_mine)
+        finally:
+            self.report.started.clear()
+
+    async def _stop_all_mine(self) -> None:
+        with trio.move_on_after(self.settings.stop_bound):  # shielded by run_to_completion
             handles = [h for h in self._mine.snapshot() if h in self.owner]
             await stop_workers(self.backend, handles, grace=self.settings.stop_grace, owner=self.owner)
             try:
                 await self.backend.mark_dead(self.specs, handles)
             except Exception as exc:  # the database may be the very thing that failed
                 log.warning("could not mark this start's rows dead: %s", exc)
-        self.report.started.clear()
 
 
 def _pool_event(event_type: str, specs: Sequence[WorkerSpec], **metadata: object) -> Event:

@@ -67,6 +67,40 @@ class WorkerScript:
     cpu_per_second: float = 0.0
 
 
+#: The exit code of a worker whose fork server died (as :data:`clm_workers.launch.ORPHANED_EXIT_CODE`).
+ORPHANED_EXIT_CODE = 70
+
+
+@dataclass(frozen=True)
+class ForkServerScript:
+    """What the fake fork server does for the ``start_method="forkserver"`` workers.
+
+    One template per worker type starts at the first spawn of that type and
+    is ready ``preload`` seconds later; every spawn waits for it (shielded,
+    like the real executor's thread), then forks in ``fork_latency``.  A
+    template that is not ``available`` (it could not preload, or was unsafe
+    to fork) makes its workers spawned as their scripts say, after its
+    preload time.  The first template of each type dies at ``dies_at``
+    (virtual time): its workers end ``orphan_delay`` later with
+    :data:`ORPHANED_EXIT_CODE`; a spawn that was waiting for it is spawned
+    instead; the next spawn starts a new template, which never dies.
+    """
+
+    preload: float = 0.5
+    fork_latency: float = 0.0
+    available: bool = True
+    dies_at: float | None = None
+    orphan_delay: float = 0.5
+
+
+@dataclass
+class FakeTemplate:
+    worker_type: str
+    generation: int
+    ready_at: float
+    dies_at: float | None
+
+
 @dataclass(eq=False)
 class FakeWorker:
     spec: WorkerSpec
@@ -89,9 +123,26 @@ class FakeWorker:
     #: Between spawn start and registration (or its end): it holds a
     #: ``registration`` slot, as far as the fake can tell.
     booting: bool = False
+    #: ``forkserver`` when forked from a fake template, else ``spawn``; and why not forked.
+    start_method: str = "spawn"
+    note: str = ""
+    #: When it ends because its template died (forked workers only).
+    orphaned_at: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The script's exit code, unless its template's death ended it first."""
+        if self.orphaned_at is not None and self.orphaned_at <= self._exit_time(orphan=False):
+            return ORPHANED_EXIT_CODE
+        return self.script.exit_code
 
     def exit_time(self) -> float:
+        return self._exit_time(orphan=True)
+
+    def _exit_time(self, *, orphan: bool) -> float:
         times = [math.inf]
+        if orphan and self.orphaned_at is not None:
+            times.append(self.orphaned_at)
         if self.script.exit_after is not None:
             times.append(self.spawned_at + self.script.exit_after)
         if self.died_at is not None:
@@ -153,6 +204,10 @@ class FakeBackend:
     #: ``(call, began, ended)`` of every call that blocks uncancellably (a
     #: thread in the real backend): ``"spawn"`` and ``"kill"``.
     blocking_calls: list[tuple[str, float, float]] = field(default_factory=list)
+    #: The fork server of ``start_method="forkserver"`` workers (``None``: they are spawned).
+    fork_server: ForkServerScript | None = None
+    #: Every template started, in order; the current one of each type last.
+    templates: list[FakeTemplate] = field(default_factory=list)
 
     def script_for(self, spec: WorkerSpec) -> WorkerScript:
         return self.scripts.get(spec.key, self.default)
@@ -180,10 +235,14 @@ class FakeBackend:
             self.spawning += 1
             self.max_spawning = max(self.max_spawning, self.spawning)
             self._boot(+1)
+            forked: tuple[FakeTemplate | None, str] = (None, "")
             try:
                 # Like a thread, the spawn is not cancellable once it has begun.
                 with trio.CancelScope(shield=True):
-                    await trio.sleep(script.spawn_latency)
+                    if spec.start_method == "forkserver" and self.fork_server is not None:
+                        forked = await self._fork(spec, script)
+                    else:
+                        await trio.sleep(script.spawn_latency)
             finally:
                 self.spawning -= 1
                 self.blocking_calls.append(("spawn", started_at, trio.current_time()))
@@ -192,11 +251,43 @@ class FakeBackend:
                 if script.spawn_failure == "fatal":
                     raise FatalExecutorError("the fake engine is unreachable")
                 raise FakeSpawnError(f"cannot spawn {spec.label}")
+            template, note = forked
             worker = FakeWorker(spec, script, spawned_at=trio.current_time(),
-                                spawn_started_at=started_at, booting=True)
+                                spawn_started_at=started_at, booting=True,
+                                start_method="forkserver" if template is not None else "spawn", note=note)
+            if template is not None and template.dies_at is not None and self.fork_server is not None:
+                worker.orphaned_at = template.dies_at + self.fork_server.orphan_delay
             self.workers.append(worker)
             # No checkpoint between the worker existing and its owner knowing it.
-            return own(WorkerHandle(spec, spec.executor_id, native=worker))
+            return own(WorkerHandle(spec, spec.executor_id, native=worker,
+                                    start_method=worker.start_method, note=worker.note))
+
+    async def _fork(self, spec: WorkerSpec, script: WorkerScript) -> tuple[FakeTemplate | None, str]:
+        """Wait for the type's template and fork from it, or spawn instead; returns (template, note)."""
+        server = self.fork_server
+        assert server is not None
+        now = trio.current_time()
+        current = [t for t in self.templates if t.worker_type == spec.worker_type]
+        template = current[-1] if current else None
+        if template is None or (template.dies_at is not None and template.dies_at <= now):
+            generation = len(current)
+            template = FakeTemplate(spec.worker_type, generation, ready_at=now + server.preload,
+                                    dies_at=server.dies_at if generation == 0 and server.dies_at is not None
+                                    and server.dies_at > now else None)
+            self.templates.append(template)
+        await trio.sleep_until(template.ready_at)
+        reason = ""
+        if template.dies_at is not None and template.dies_at <= trio.current_time():
+            reason = "its template ended before it was ready"
+        elif not server.available:
+            reason = "the fake template cannot preload"
+        else:
+            await trio.sleep(server.fork_latency)
+            if template.dies_at is None or trio.current_time() < template.dies_at:
+                return template, ""
+            reason = "its template died"
+        await trio.sleep(script.spawn_latency)
+        return None, f"spawned, not forked: the fork server is unavailable: {reason}"
 
     async def poll(self, handles: Sequence[WorkerHandle]) -> PollResult:
         self.polls += 1
@@ -208,7 +299,7 @@ class FakeBackend:
         for handle in handles:
             worker: FakeWorker = handle.native
             if not worker.running(now):
-                result.exited[handle] = worker.script.exit_code
+                result.exited[handle] = worker.exit_code
             if worker.registered_by(now):
                 result.registered[handle] = self.row_of[handle.spec.key]
                 if worker.registered_seen_at is None:
@@ -219,7 +310,7 @@ class FakeBackend:
     async def exit_codes(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, int]:
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
-        return {h: h.native.script.exit_code for h in handles if not h.native.running(now)}
+        return {h: h.native.exit_code for h in handles if not h.native.running(now)}
 
     async def activity(self, handles: Sequence[WorkerHandle]) -> dict[WorkerHandle, Activity]:
         await trio.lowlevel.checkpoint()

@@ -35,7 +35,8 @@ Environment (read once, by :func:`run_worker`):
     :attr:`WorkerContext.workspace`.
 ``CLM_WORKER_ID``
     the pre-registered row to activate; without it the worker self-registers
-    with ``container_id`` = ``WORKER_ID``, else ``HOSTNAME``.
+    with ``container_id`` = ``WORKER_ID``, else ``HOSTNAME`` (always ``HOSTNAME``
+    with ``CLM_REGISTER_AS=hostname``: as a CLM 0.3 container).
 ``CLM_SESSION_ID``
     stored on a self-registered row and the event; only jobs of this session
     (or of none) are claimed.
@@ -83,7 +84,7 @@ else:
     # of enums): ``import signal`` imports ``enum``, another ~1.5 ms.
     import _signal
 
-__all__ = ["Handler", "Job", "WorkerContext", "run_worker"]
+__all__ = ["Handler", "Job", "LeaseWatch", "WorkerContext", "claim_next", "run_worker"]
 
 EXIT_OK = 0
 EXIT_DB_ERROR = 1
@@ -95,6 +96,14 @@ EXIT_PARENT_DIED = 70
 PARENT_DEATH_GRACE = 1.0
 #: Consecutive failed job polls after which the worker gives up (database gone).
 MAX_CONSECUTIVE_DB_ERRORS = 20
+#: How long a container must find its session's lease expired, while it can
+#: write the database itself, before it takes its manager for dead.
+LEASE_CONFIRM_SECONDS = 1.0
+#: Waiting longer than this for the write lock means someone else held it.
+LEASE_LOCK_TOLERANCE = 0.5
+#: How long a worker that gives up its job may wait for the database to take the release
+#: (when a manager dies, all its workers release at once).
+GIVE_UP_SECONDS = 5.0
 
 
 class _FrozenRecord:
@@ -257,7 +266,10 @@ class _Config:
         self.workspace = env.get("WORKSPACE_PATH") or "."
         worker_id = env.get("CLM_WORKER_ID") or None
         self.db_worker_id = None if worker_id is None else _positive_int("CLM_WORKER_ID", worker_id)
-        self.container_id = env.get("WORKER_ID") or env.get("HOSTNAME") or ""
+        # CLM_REGISTER_AS=hostname: register as a CLM 0.3 container does, by
+        # HOSTNAME (its 12-character id), whatever WORKER_ID says.
+        by_hostname = env.get("CLM_REGISTER_AS") == "hostname"
+        self.container_id = (None if by_hostname else env.get("WORKER_ID")) or env.get("HOSTNAME") or ""
         if self.db_worker_id is None and not self.container_id:
             raise _ConfigError(
                 "WORKER_ID (or HOSTNAME) is not set; a self-registering worker needs it as "
@@ -286,7 +298,7 @@ def _execution_mode(env: Mapping[str, str]) -> str:
     with only ``HOSTNAME`` is a CLM 0.3 Docker worker.
     """
     worker_id = env.get("WORKER_ID") or ""
-    if not worker_id:
+    if not worker_id or env.get("CLM_REGISTER_AS") == "hostname":
         return "docker"
     return "docker" if worker_id.startswith("docker") else "direct"
 
@@ -354,6 +366,111 @@ _LEASE_EXPIRED = (
     "SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions WHERE session_id = ?"
 )
 _SET_STATUS = "UPDATE workers SET status = ? WHERE id = ?"
+# Only an idle row takes a job: a ``hung`` worker (the monitor is retiring it) does not.
+_CLAIM_SELF = "UPDATE workers SET status = 'busy' WHERE id = ? AND status = 'idle'"
+_STATUS = "SELECT status FROM workers WHERE id = ?"
+
+
+def claim_next(
+    conn: sqlite3.Connection, worker_id: int, worker_type: str, session_id: str | None
+) -> tuple[tuple[Any, ...] | None, str | None]:
+    """Take the next pending job of ``worker_type`` for row ``worker_id``, in one transaction.
+
+    ``session_id``: only jobs of that session (or of none); ``None``: any.
+    Returns ``(job row, None)``, or ``(None, why)``: ``None`` when there is no
+    job or the row is ``hung`` (the monitor is about to retire this worker,
+    or it recovers and the monitor says so: a job taken now would only be
+    lost again), ``"row_gone"`` or ``"row_dead"`` when the worker must stop.
+    """
+    query = _CANDIDATE.format(session=" AND (session_id IS NULL OR session_id = ?)" if session_id else "")
+    params: tuple[object, ...] = (worker_type,) if session_id is None else (worker_type, session_id)
+    # Look before taking the write lock: idle workers poll often.
+    if not conn.execute(query, params).fetchall():
+        return None, None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(query, params).fetchall()
+        if not rows:
+            conn.execute("ROLLBACK")
+            return None, None
+        if conn.execute(_CLAIM_SELF, (worker_id,)).rowcount == 0:
+            status = conn.execute(_STATUS, (worker_id,)).fetchone()
+            conn.execute("ROLLBACK")
+            if status is None:
+                return None, "row_gone"
+            return None, "row_dead" if status[0] == "dead" else None
+        conn.execute(_START_JOB, (worker_id, rows[0][0]))
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return tuple(rows[0]), None
+
+
+class LeaseWatch:
+    """When a container takes its manager for dead, from its checks of the session's lease.
+
+    Each check reports whether the lease looked expired with the write lock
+    in hand, and how long taking that lock took.  The manager is gone only
+    once the lease has looked so for :data:`LEASE_CONFIRM_SECONDS`, each
+    check getting the lock at once (within :data:`LEASE_LOCK_TOLERANCE`): a
+    lock someone held, or a renewal that may be waiting right behind us, is
+    no expiry.  Pure (no clock of its own) so that it can be checked against
+    any timeline.
+    """
+
+    __slots__ = ("expired_since",)
+
+    def __init__(self) -> None:
+        self.expired_since: float | None = None
+
+    def interval(self, heartbeat_interval: float) -> float:
+        """How long until the next check: sooner while an expiry waits for confirmation."""
+        if self.expired_since is None:
+            return heartbeat_interval
+        return min(heartbeat_interval, LEASE_CONFIRM_SECONDS / 2)
+
+    def observe(self, expired: bool, waited: float, now: float) -> bool:
+        """One check's result at ``now`` (monotonic seconds); whether the manager is gone."""
+        if not expired or waited > LEASE_LOCK_TOLERANCE:
+            self.expired_since = None
+            return False
+        if self.expired_since is None:
+            self.expired_since = now
+        return now - self.expired_since >= LEASE_CONFIRM_SECONDS
+
+    def unknown(self) -> None:
+        """A check that could not be made (the database failed or stayed locked): no evidence."""
+        self.expired_since = None
+
+
+def _lease_expired(conn: sqlite3.Connection, session_id: str | None) -> tuple[bool | None, float]:
+    """Whether the session's lease has expired (``None``: no such session), and how long the
+    write lock took to get (0 when the lease is alive for a plain reader)."""
+    row = conn.execute(_LEASE_EXPIRED, (session_id,)).fetchone()
+    if row is None or not row[0]:
+        return (None if row is None else False), 0.0
+    began = time.monotonic()
+    conn.execute("BEGIN IMMEDIATE")  # waits (busy timeout) while someone holds the lock
+    try:
+        waited = time.monotonic() - began
+        row = conn.execute(_LEASE_EXPIRED, (session_id,)).fetchone()
+    finally:
+        _rollback(conn)
+    return (None if row is None else bool(row[0])), waited
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End an open transaction without letting a failed ROLLBACK hide the error being handled.
+
+    SQLite rolls back by itself on some errors (a full disk); a ROLLBACK then
+    has nothing to do.
+    """
+    if conn.in_transaction:
+        try:  # noqa: SIM105 - contextlib would cost every worker its import
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 _CANDIDATE = (
     "SELECT id, job_type, input_file, output_file, payload, attempts FROM jobs "
     "WHERE status = 'pending' AND job_type = ? AND attempts < max_attempts{session} "
@@ -434,6 +551,8 @@ class _Runtime:
         self._logging_configured = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        #: The manager (or, for a forked worker, its template): a new parent means it died.
+        self._parent = os.getppid()
 
     # ---------------------------------------------------------------- stopping
 
@@ -486,24 +605,61 @@ class _Runtime:
             os.close(self._wake_r)
 
     def _give_up(self) -> None:
-        """The main thread did not stop in time: release our job, mark us dead, exit now."""
+        """The main thread did not stop in time: release our job, mark us dead, exit now.
+
+        The release may wait for the database (every worker of a dead manager
+        gives up at once, each with a write), up to :data:`GIVE_UP_SECONDS`.
+        """
         code = self.exit_code()
+        deadline = time.monotonic() + GIVE_UP_SECONDS
         # Never released: the main thread must not record the job after this.
-        if self.job_lock.acquire(timeout=0.25) and self.db_worker_id is not None:
+        if self.job_lock.acquire(timeout=GIVE_UP_SECONDS / 2) and self.db_worker_id is not None:
             if self.current_job is not None:
                 log.warning("job %d did not finish in time; giving it up", self.current_job)
-            try:
-                conn = sqlite3.connect(self.cfg.db_path, timeout=0.5, isolation_level=None)
-                conn.execute("BEGIN IMMEDIATE")
-                if self.current_job is not None:
-                    conn.execute(_RELEASE_JOB, (self.current_job, self.db_worker_id))
-                if not self.row_gone:
-                    conn.execute(_SET_STATUS, ("dead", self.db_worker_id))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                log.warning("could not record the stop in the database: %s", exc)
+            conn: sqlite3.Connection | None = None
+            while True:
+                try:
+                    conn = conn or sqlite3.connect(self.cfg.db_path, isolation_level=None,
+                                                   timeout=max(0.1, deadline - time.monotonic()))
+                    conn.execute("BEGIN IMMEDIATE")
+                    if self.current_job is not None:
+                        conn.execute(_RELEASE_JOB, (self.current_job, self.db_worker_id))
+                    if not self.row_gone:
+                        conn.execute(_SET_STATUS, ("dead", self.db_worker_id))
+                    conn.execute("COMMIT")
+                    break
+                except sqlite3.Error as exc:
+                    if conn is not None:
+                        _rollback(conn)
+                    if time.monotonic() >= deadline:
+                        log.warning("could not record the stop in the database: %s", exc)
+                        break
+        if self.parent_died_at is not None:
+            _kill_own_tree()
         log.info("exiting without waiting for the main loop (code %d)", code)
         os._exit(code)  # log records are flushed as they are written
+
+    def _manager_gone(self) -> bool:
+        """Whether the manager is gone, looking for ourselves (the lifeline's thread may not have yet).
+
+        A launcher kills the job's processes, then closes the lifeline; the
+        handler may fail of the first before the second.  But by then the
+        manager, this process's parent, has died: the process has a new parent.
+        """
+        fd = self.cfg.lifeline_fd
+        if self.parent_died_at is None and fd is not None and os.getppid() != self._parent:
+            self.request_stop("parent_died")
+        if self.parent_died_at is None and fd is not None:
+            import select  # deferred: only a failed job asks
+
+            try:
+                # Nobody ever writes to a lifeline: readable means it reached EOF.
+                ended = bool(select.select([fd], [], [], 0)[0])
+            except (OSError, ValueError):
+                ended = False
+            if ended:
+                self.request_stop("parent_died")
+        return self.parent_died_at is not None
 
     def _lifeline(self, fd: int) -> None:
         try:
@@ -521,21 +677,32 @@ class _Runtime:
         Checked from boot on, so a worker that never registers stops too.  A
         database without the lease table, or without this session's row, has
         no lease to watch (a CLM-started worker, or a test).
+
+        A lease that looks expired may only mean that nobody could write: a
+        process that holds the database's write lock for longer than the
+        lease blocks the manager's renewal as well.  So an expiry counts only
+        when this worker takes the write lock itself (at once, not after
+        waiting for someone's lock) and still finds the lease expired, again
+        and again for :data:`LEASE_CONFIRM_SECONDS`: the manager had the lock
+        free all that time and did not renew.
         """
         conn: sqlite3.Connection | None = None
+        watch = LeaseWatch()
         try:
-            while not self.done.wait(self.cfg.heartbeat_interval):
+            while not self.done.wait(watch.interval(self.cfg.heartbeat_interval)):
                 try:
                     conn = conn or schema.connect(self.cfg.db_path)
-                    row = conn.execute(_LEASE_EXPIRED, (self.cfg.session_id,)).fetchone()
+                    expired, waited = _lease_expired(conn, self.cfg.session_id)
                 except sqlite3.OperationalError as exc:
                     if "no such table" in str(exc):
                         return
+                    # Locked beyond the busy timeout, or a passing fault: the database, not the manager.
+                    watch.unknown()
                     log.warning("cannot check the session lease: %s", exc)
                     continue
-                if row is None:
+                if expired is None:
                     return
-                if row[0]:
+                if watch.observe(expired, waited, time.monotonic()):
                     self.request_stop("lease_expired")
                     return
         finally:
@@ -561,7 +728,9 @@ class _Runtime:
                 threading.Thread(
                     target=self._lifeline, args=(fd,), name="clm-lifeline", daemon=True
                 ).start()
-            if self.cfg.session_id is not None:
+            if self.cfg.session_id is not None and self.cfg.lifeline_fd is None:
+                # Only without a lifeline (a container): the lifeline tells a direct
+                # worker of its manager's death at once, and a busy database cannot fake it.
                 threading.Thread(target=self._watch_lease, name="clm-lease", daemon=True).start()
             log.info(
                 "worker starting: type=%s pid=%d db=%s",
@@ -595,6 +764,8 @@ class _Runtime:
         finally:
             try:
                 self._clean_up()
+                if self.parent_died_at is not None:
+                    _kill_own_tree()  # the manager is gone: nobody else stops our children
             finally:
                 self.done.set()
                 _restore_signal_handlers(previous)
@@ -625,6 +796,16 @@ class _Runtime:
             fresh = os.stat(path).st_size == 0
         except FileNotFoundError:
             fresh = True
+        for suffix in ("-wal", "-shm"):
+            # Mounted into a container one by one, a log that the host has deleted
+            # since would be a second, private log: writing to it corrupts the database.
+            try:
+                deleted = os.stat(path + suffix).st_nlink == 0
+            except OSError:
+                continue
+            if deleted:
+                raise sqlite3.OperationalError(f"{path}{suffix} was deleted where the database lives; "
+                                               "refusing a stale copy of it")
         conn = schema.connect(path)
         if fresh:  # CLM workers create the schema only in a file that is not there yet
             schema.ensure_schema(conn)
@@ -669,8 +850,7 @@ class _Runtime:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         except sqlite3.Error as exc:
             log.error("registration failed: %s", exc)
@@ -737,35 +917,19 @@ class _Runtime:
         assert self.db_worker_id is not None
         # Jobs have a session only from CLM's schema 11 on (1.9.2's have none).
         by_session = bool(self.cfg.session_id) and self._jobs_have_sessions(conn)
-        query = _CANDIDATE.format(session=" AND (session_id IS NULL OR session_id = ?)" if by_session else "")
-        params: tuple[object, ...] = (self.cfg.worker_type,)
-        if by_session:
-            params += (self.cfg.session_id,)
-        # Look before taking the write lock: idle workers poll often.
-        if not conn.execute(query, params).fetchall():
-            return None
         with self.job_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = conn.execute(query, params).fetchall()
-                if not rows:
-                    conn.execute("ROLLBACK")
-                    return None
-                if conn.execute(_SET_STATUS, ("busy", self.db_worker_id)).rowcount == 0:
-                    # Our row is gone: a worker without a row must not take jobs.
-                    conn.execute("ROLLBACK")
-                    self.row_gone = True
-                    self.request_stop("row_deleted")
-                    return None
-                row = rows[0]
-                conn.execute(_START_JOB, (self.db_worker_id, row[0]))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self.current_job = row[0]
-        return tuple(row)
+            row, refusal = claim_next(conn, self.db_worker_id, self.cfg.worker_type,
+                                      self.cfg.session_id if by_session else None)
+            if row is not None:
+                self.current_job = row[0]
+        if refusal == "row_gone":
+            # Our row is gone: a worker without a row must not take jobs.
+            self.row_gone = True
+            self.request_stop("row_deleted")
+        elif refusal == "row_dead":
+            # Retired (its manager took it for dead): it must not take jobs either.
+            self.request_stop("row_dead")
+        return row
 
     def _run(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         import json  # deferred to the first job, see the imports
@@ -790,6 +954,14 @@ class _Runtime:
 
             seconds = time.monotonic() - started
             error = f"{type(exc).__name__}: {exc}"
+            if self._manager_gone():
+                # The manager died meanwhile, and its launcher killed the job's
+                # processes (a kernel): not the job's failure.  It goes back.
+                self._finish(conn, job_id, [(_RELEASE_JOB, (job_id, self.db_worker_id)),
+                                            (_SET_STATUS, ("idle", self.db_worker_id))])
+                log.warning("job %d interrupted by the manager's death after %.3f s (%s); given back",
+                            job_id, seconds, error)
+                return
             self._finish(
                 conn,
                 job_id,
@@ -828,8 +1000,7 @@ class _Runtime:
                     self.current_job = None
                     return
                 except sqlite3.Error as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    _rollback(conn)
                     log.warning("cannot record job %d (try %d): %s", job_id, attempt + 1, exc)
         # A worker that cannot record results must not take more jobs; the
         # unrecorded job stays ``current_job`` and is released at exit.
@@ -864,10 +1035,24 @@ _EXIT_CODES = {"database errors": EXIT_DB_ERROR}
 #: Stop reasons that mean the manager is dead: short grace, exit code 70.
 _MANAGER_GONE = ("parent_died", "lease_expired")
 _REASONS = {
+    "row_dead": "the worker's row was marked dead",
     "parent_died": "the manager is gone: lifeline closed",
     "lease_expired": "the manager is gone: its session lease expired",
     "row_deleted": "the worker's row was deleted",
 }
+
+
+def _kill_own_tree() -> None:
+    """SIGKILL what this worker started (its descendants, and its process group if it leads one).
+
+    For a worker whose manager is gone: nothing else would stop the children
+    (a direct worker's launcher does the same; a container's init does not
+    outlive the worker).  This process itself is spared, so its exit code
+    tells why it ended.
+    """
+    from .orphans import kill_tree  # deferred: only an orphan needs it
+
+    kill_tree(os.getpid())
 
 
 def _row_state(conn: sqlite3.Connection, worker_id: int) -> str:

@@ -146,6 +146,7 @@ def test_clm_build_uses_a_running_clm_workers_start_pool(course: Course, tmp_pat
     db = pool / "jobs.db"
     write_config(pool, """
         database = "jobs.db"
+        serve_builds = true
 
         [[pools]]
         type = "notebook"

@@ -2,7 +2,8 @@
 
 CLM's workers know nothing of clm-workers' lifeline; left alone they notice a
 dead parent only by polling it every ~5 s, and a busy one only after its job.
-Here the pool is busy (a kernel runs a long cell) when its manager dies.
+Here the pool is busy (a kernel runs a long cell) when its manager dies.  The
+same holds for workers forked from a fork server's templates.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from clmtools import Course, is_kernel, notebook_job, run_build
 
 from procs import JsonLines, alive, session_processes, wait_until
@@ -26,8 +28,10 @@ MANAGER = textwrap.dedent("""
     import json, sys, trio
     from pathlib import Path
     from clm_workers import WorkerConfig, WorkerPoolManager
+    method = sys.argv[3]
     manager = WorkerPoolManager(Path(sys.argv[1]), Path(sys.argv[2]),
-                                [WorkerConfig("notebook", 4), WorkerConfig("plantuml", 1)])
+                                [WorkerConfig("notebook", 4, start_method=method),
+                                 WorkerConfig("plantuml", 1, start_method=method)])
     print(json.dumps({"session": manager.session_id}), flush=True)
     report = trio.run(manager.start_pools)
     print(json.dumps({"started": len(report.started), "failed": [f.reason for f in report.failed]}),
@@ -36,13 +40,14 @@ MANAGER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_sigkill_of_the_manager_leaves_no_clm_worker_or_kernel_after_2_s(
-    course: Course, cwd: Path, tmp_path: Path, sessions: list[str]
+    course: Course, cwd: Path, tmp_path: Path, sessions: list[str], start_method: str
 ):
     db = tmp_path / "jobs.db"
     script = tmp_path / "manager.py"
     script.write_text(MANAGER)
-    proc = subprocess.Popen([sys.executable, str(script), str(db), str(course.output)],
+    proc = subprocess.Popen([sys.executable, str(script), str(db), str(course.output), start_method],
                             stdout=subprocess.PIPE, text=True)
     try:
         lines = JsonLines(proc)
@@ -54,7 +59,8 @@ def test_sigkill_of_the_manager_leaves_no_clm_worker_or_kernel_after_2_s(
                   wait=False)
         wait_until(lambda: any(is_kernel(pid) for pid in session_processes(session)), 60, "a kernel")
         seen = session_processes(session)
-        assert len(seen) == 6, seen  # five workers and the kernel
+        # Five workers and the kernel (and the fork servers' two templates).
+        assert len(seen) == 6 + (2 if start_method == "forkserver" else 0), seen
 
         os.kill(proc.pid, signal.SIGKILL)
         killed_at = time.monotonic()

@@ -4,8 +4,8 @@ Report: ``$TEST_REPORT_DIR/<WORKER_ID>.json`` (written atomically) with its
 pid, process group, cwd, environment and every open fd (target and access
 mode).  With ``SLEEPER_GRANDCHILD=1`` it first starts a child of its own and
 reports that pid too (``=session``: in a session of its own, ignoring
-SIGTERM).  SIGTERM is left at its default (exit code -15).
-On EOF on ``CLM_LIFELINE_FD`` it exits with code 0.
+SIGTERM), once that child is set up.  SIGTERM is left at its default (exit
+code -15).  On EOF on ``CLM_LIFELINE_FD`` it exits with code 0.
 """
 
 from __future__ import annotations
@@ -56,10 +56,15 @@ def main() -> None:
     grandchild = os.environ.get("SLEEPER_GRANDCHILD")
     if grandchild:
         # "session": in a session of its own, deaf to SIGTERM (a Jupyter kernel's place).
-        code = "import time; time.sleep(60)"
+        code = "import time; print(flush=True); time.sleep(60)"
         if grandchild == "session":
-            code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=grandchild == "session")
+            code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True);"
+                    " time.sleep(60)")
+        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=grandchild == "session",
+                                 stdout=subprocess.PIPE)
+        # Reported once it is set up (deaf to SIGTERM, for "session"): a stop that came
+        # earlier would find a child still booting, which SIGTERM kills.
+        child.stdout.readline()  # type: ignore[union-attr]
         report["grandchild_pid"] = child.pid
 
     out_dir = os.environ.get("TEST_REPORT_DIR")

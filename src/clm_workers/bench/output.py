@@ -69,7 +69,7 @@ def render_markdown(result: BenchResult) -> str:
     lines += _timeline(result)
     lines += [
         "Columns: *wall*: from the strategy's start (before it opens the database) until the manager "
-        "noticed the last registration; *bound*: the issue's lower bound (I/O: boot delay + one "
+        "noticed the last registration; *bound*: the ideal lower bound (I/O: boot delay + one "
         "`python -c pass`; CPU: N x boot CPU / cores), in brackets the same counting every worker's "
         "interpreter and imports on the shared cores; *first*: until the first registration was "
         "noticed; *detect*: from a worker's own `registered_at_unix` to the manager noticing it, "
@@ -82,7 +82,7 @@ def render_markdown(result: BenchResult) -> str:
         f"under {QUIET_SHARE:.0%} of all cores, and how many runs those were; *vs*: how many times "
         "faster than that baseline (median / median).",
         "",
-        "### Targets (issue 5)",
+        "### Targets",
         "",
         "| target | measured | met |",
         "|---|---|---|",
@@ -110,7 +110,7 @@ def _cell_table(cells: list[CellStats]) -> list[str]:
             rows.append(
                 "| " + " | ".join([
                     str(cell.workers) if first else "",
-                    f"{cell.bounds.issue:.2f} ({cell.bounds.machine:.2f})" if first else "",
+                    f"{cell.bounds.ideal:.2f} ({cell.bounds.machine:.2f})" if first else "",
                     f"`{name}`{lost}",
                     f"**{_s(stats.wall_median)}**",
                     f"{_s(stats.wall_min)}-{_s(stats.wall_max)}",
@@ -138,7 +138,7 @@ def _timeline(result: BenchResult) -> list[str]:
         "",
         "*spawned*: the last `executor.start` returned; *workers registered*: the first and the last "
         "worker's own `registered_at_unix`; *noticed*: the manager saw the last one (= wall); "
-        "*boot beyond bound*: the last worker's own registration minus the issue's bound: what the "
+        "*boot beyond bound*: the last worker's own registration minus the ideal bound: what the "
         "workers' own starts took on the shared cores (or the slots made them wait for).",
         "",
         "| scenario | N | strategy | spawned | workers registered first / last | noticed "
@@ -153,7 +153,7 @@ def _timeline(result: BenchResult) -> list[str]:
             lines.append(
                 f"| {cell.scenario} | {cell.workers} | `{name}` | {_s(stats.spawn_done_median)} | "
                 f"{_s(stats.own_first_median)} / {_s(stats.own_last_median)} | "
-                f"{_s(stats.wall_median)} | {_s(stats.own_last_median - cell.bounds.issue)} |"
+                f"{_s(stats.wall_median)} | {_s(stats.own_last_median - cell.bounds.ideal)} |"
             )
     return [*lines, ""]
 

@@ -60,8 +60,8 @@ def write_plot(result: BenchResult, path: Path) -> Path:
                         **_STYLE.get(name, {}))
         # A line needs two sizes; a lone size shows its bounds as ticks.
         bound_marker = {"marker": "_", "markersize": 14} if len(sizes) == 1 else {}
-        ax.plot(sizes, [c.bounds.issue for c in cells], color="black", linestyle="--", linewidth=1,
-                label="lower bound (issue)", **bound_marker)
+        ax.plot(sizes, [c.bounds.ideal for c in cells], color="black", linestyle="--", linewidth=1,
+                label="lower bound (ideal)", **bound_marker)
         ax.plot(sizes, [c.bounds.machine for c in cells], color="black", linestyle=":", linewidth=1,
                 label="bound incl. every worker's start CPU", **bound_marker)
         ax.set_xscale("log", base=2)
@@ -70,7 +70,7 @@ def write_plot(result: BenchResult, path: Path) -> Path:
         ax.set_yscale("log")
         walls = [s.wall_median for c in cells for s in c.strategies.values() if not math.isnan(s.wall_median)]
         if walls:
-            bottom, top = min(walls + [c.bounds.issue for c in cells]) * 0.7, max(walls) * 1.5
+            bottom, top = min(walls + [c.bounds.ideal for c in cells]) * 0.7, max(walls) * 1.5
             ax.set_ylim(bottom, top)
             # Plain seconds on a doubling scale read better than 2x10^0.
             ax.set_yticks([t for t in _SECONDS_TICKS if bottom <= t <= top])

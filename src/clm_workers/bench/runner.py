@@ -54,13 +54,16 @@ class BenchOptions:
     #: The command line, as written into the outputs.
     command: str = "clm-workers bench"
     quick: bool = False
+    #: The real-CLM scenario (:mod:`.realclm`), where CLM is installed; its sizes.
+    clm: bool = True
+    clm_sizes: tuple[int, ...] = (4, 8, 16, 24)
 
     @classmethod
     def quick_run(cls, **overrides: object) -> BenchOptions:
         """A smoke run for CI: every strategy, both scenarios, one small cell, one repeat."""
         settings: dict[str, object] = {
             "scenarios": (Scenario("io", boot_delay=0.2), Scenario("cpu", boot_cpu=0.05)),
-            "sizes": (4,), "concurrency": 2, "repeats": 1, "out": None, "quick": True,
+            "sizes": (4,), "concurrency": 2, "repeats": 1, "out": None, "quick": True, "clm": False,
             "command": "clm-workers bench --quick",
         }
         settings.update(overrides)
@@ -68,12 +71,19 @@ class BenchOptions:
 
 
 def with_scenarios(options: BenchOptions, names: str) -> BenchOptions:
-    """Keep only the scenarios named in the comma-separated ``names`` (``--scenarios``)."""
-    known = [s.name for s in options.scenarios]
+    """Keep only the scenarios named in the comma-separated ``names`` (``--scenarios``).
+
+    ``clm`` is the real-CLM scenario; given alone, ``--sizes`` applies to it.
+    """
+    known = [s.name for s in options.scenarios] + ["clm"]
     wanted = [name.strip() for name in names.split(",")]
     if not wanted or any(name not in known for name in wanted):
-        raise ConfigError("--scenarios", names, "a comma-separated list of " + " and ".join(known))
-    return replace(options, scenarios=tuple(s for s in options.scenarios if s.name in wanted))
+        raise ConfigError("--scenarios", names, "a comma-separated list of " + ", ".join(known))
+    kept = tuple(s for s in options.scenarios if s.name in wanted)
+    sizes = options.clm_sizes
+    if not kept and options.sizes != BenchOptions.sizes:
+        sizes = options.sizes
+    return replace(options, scenarios=kept, clm="clm" in wanted, clm_sizes=sizes)
 
 
 @dataclass(frozen=True)

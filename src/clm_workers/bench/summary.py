@@ -1,4 +1,4 @@
-"""From runs to figures: per-cell statistics, lower bounds, ratios and the issue's targets."""
+"""From runs to figures: per-cell statistics, lower bounds, ratios and the startup targets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from .machine import StartCosts
 from .model import STRATEGIES, RunResult, Scenario
 
-#: The issue's targets (issue 5), checked on medians.
+#: The startup targets clm-workers is held to, checked on medians.
 TARGET_IO_WORKERS = 32
 TARGET_IO_WALL = 1.3
 TARGET_VS_THREADPOOL = 3.0
@@ -27,26 +27,26 @@ OURS = ("clm-workers", "clm-workers/reg")
 class Bounds:
     """Lower bounds of one cell's wall time.
 
-    ``issue``: as issue 5 defines it (I/O: boot delay + one process spawn;
+    ``ideal``: what no strategy can beat (I/O: boot delay + one process spawn;
     CPU: total boot CPU / cores).  ``machine``: also counting what every
     worker's interpreter and imports cost on the shared cores (``N x worker
     start CPU / cores``), which no startup strategy can avoid.
     """
 
-    issue: float
+    ideal: float
     machine: float
 
 
 def bounds(scenario: Scenario, workers: int, cores: int, costs: StartCosts) -> Bounds:
     delay, cpu = scenario.boot_delay, scenario.boot_cpu
     # I/O: one worker's boot plus one process spawn; CPU: all boot CPU spread on all cores.
-    issue = max(delay + cpu + costs.spawn_wall, workers * cpu / cores)
+    ideal = max(delay + cpu + costs.spawn_wall, workers * cpu / cores)
     # Every worker's interpreter and imports (worker_cpu) share the cores too:
     # the last worker to finish them does so no earlier than N x worker_cpu /
     # cores, and still has its whole boot ahead of it.
     start_cpu = workers * costs.worker_cpu / cores
-    machine = max(issue, delay + cpu + start_cpu, workers * (cpu + costs.worker_cpu) / cores)
-    return Bounds(issue=issue, machine=machine)
+    machine = max(ideal, delay + cpu + start_cpu, workers * (cpu + costs.worker_cpu) / cores)
+    return Bounds(ideal=ideal, machine=machine)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class CellStats:
     strategies: dict[str, StrategyStats]
 
     def ratio_to_bound(self, strategy: str) -> float:
-        return self.strategies[strategy].wall_median / self.bounds.issue
+        return self.strategies[strategy].wall_median / self.bounds.ideal
 
     def speedup(self, strategy: str, baseline: str) -> float:
         """How many times faster than ``baseline`` (NaN when either is missing)."""
@@ -98,7 +98,7 @@ class CellStats:
     def as_dict(self) -> dict[str, object]:
         return {
             "scenario": self.scenario, "workers": self.workers,
-            "bound": self.bounds.issue, "bound_with_worker_start": self.bounds.machine,
+            "bound": self.bounds.ideal, "bound_with_worker_start": self.bounds.machine,
             "strategies": {
                 name: {**asdict(stats), "ratio_to_bound": self.ratio_to_bound(name),
                        "speedup_vs_threadpool": self.speedup(name, "threadpool"),
@@ -176,7 +176,7 @@ class TargetCheck:
 
 
 def check_targets(cells: Sequence[CellStats], io: str = "io", cpu: str = "cpu") -> list[TargetCheck]:
-    """Issue 5's targets against the default mode, ``clm-workers`` (slot held for the spawn only)."""
+    """The startup targets against the default mode, ``clm-workers`` (slot held for the spawn only)."""
     ours = "clm-workers"
     checks: list[TargetCheck] = []
     io32 = next((c for c in cells if c.scenario == io and c.workers == TARGET_IO_WORKERS
@@ -204,8 +204,8 @@ def check_targets(cells: Sequence[CellStats], io: str = "io", cpu: str = "cpu") 
             stats = cell.strategies[ours]
             checks.append(TargetCheck(
                 f"CPU N={cell.workers}: within {TARGET_CPU_RATIO}x of N x boot CPU / cores "
-                f"({cell.bounds.issue:.2f} s)",
-                f"{ratio:.2f}x{_quiet(stats, stats.quiet_wall_median / cell.bounds.issue, 'x')}",
+                f"({cell.bounds.ideal:.2f} s)",
+                f"{ratio:.2f}x{_quiet(stats, stats.quiet_wall_median / cell.bounds.ideal, 'x')}",
                 ratio <= TARGET_CPU_RATIO,
             ))
     ours_stats = [(c, c.strategies[name]) for c in cells for name in OURS if name in c.strategies]

@@ -48,16 +48,16 @@ from ..monitor import MonitorSettings
 from ..pool import run_worker_pool
 from ..report import ProgressEvent
 from .installed import installed_clm
-from .profile import resolve_configs
+from .profile import fork_server_types, resolve_configs
 
 log = logging.getLogger(__name__)
 
 #: The module whose ``WorkerPoolManager`` :func:`install` replaces.
 LIFECYCLE_MODULE = "clm.infrastructure.workers.lifecycle_manager"
 
-#: How the drop-in starts CLM's direct workers: ``WorkerConfig.start_method``
-#: (``None``: the engine's default).  The one line to switch them to another.
-START_METHOD: str | None = None
+#: How the drop-in starts CLM's direct workers of the types that preload and
+#: fork safely (:func:`fork_server_types`); the others are spawned.
+START_METHOD = "forkserver"
 
 #: How often the startup looks for registrations (``CLM_REGISTRATION_POLL_INTERVAL`` wins).  CLM's
 #: job submission polls every 0.5 s; the engine's own 10 ms costs CPU that the booting workers
@@ -384,7 +384,9 @@ def _our_config(clm_config: Any, kernel_python: str) -> WorkerConfig:
     env: dict[str, str] = {}
     if clm_config.worker_type == "notebook" and kernel_python:
         env = installed_clm().notebook_kernel_environment(kernel_python)
-    options: dict[str, Any] = {"start_method": START_METHOD} if START_METHOD is not None else {}
+    options: dict[str, Any] = {}
+    if clm_config.worker_type in fork_server_types():
+        options["start_method"] = START_METHOD
     return WorkerConfig(
         worker_type=clm_config.worker_type, count=clm_config.count, execution_mode="direct",
         memory_limit=getattr(clm_config, "memory_limit", None) or "1g", env=env, **options,

@@ -13,7 +13,7 @@ from .installed import installed_clm
 
 
 def resolve_configs(configs: Sequence[WorkerConfig], profile: str = "auto") -> list[WorkerConfig]:
-    """Each config with ``module`` and ``registration`` set.
+    """Each config with ``module``, ``registration`` and, for a fork server, ``preload`` set.
 
     ``profile`` ``"auto"`` follows the CLM this interpreter has installed (its
     own module map; without CLM, the current release's names), ``"1.x"`` or
@@ -21,7 +21,7 @@ def resolve_configs(configs: Sequence[WorkerConfig], profile: str = "auto") -> l
     the profile has no module for.
     """
     require_choice("clm_profile", profile, PROFILE_CHOICES)
-    if all(c.module is not None and c.registration is not None for c in configs):
+    if all(c.module is not None and c.registration is not None and c.preload is not None for c in configs):
         return list(configs)
     generation, modules = _profile(profile, need_modules=any(c.module is None for c in configs))
     resolved = []
@@ -33,10 +33,30 @@ def resolve_configs(configs: Sequence[WorkerConfig], profile: str = "auto") -> l
                 f"a dotted module name: CLM {generation.name} has no {config.worker_type!r} worker "
                 f"(its types: {', '.join(sorted(modules))})",
             )
+        preload = config.preload
+        if preload is None:
+            # CLM's list only for CLM's own module of that type, and only where it is used.
+            own = config.start_method == "forkserver" and module in (
+                modules.get(config.worker_type), generation.module_for(config.worker_type))
+            preload = generation.preload.get(config.worker_type, ()) if own else ()
         resolved.append(dataclasses.replace(
-            config, module=module, registration=config.registration or generation.registration
+            config, module=module, registration=config.registration or generation.registration,
+            preload=preload,
         ))
     return resolved
+
+
+def fork_server_types(profile: str = "auto") -> frozenset[str]:
+    """CLM's worker types whose own modules are known to preload and fork safely.
+
+    The types with a preload list (for CLM 1.x: notebook, plantuml, drawio,
+    jupyterlite; none for CLM 0.3).  A caller that wants the fork server by
+    default for CLM's types (``start_method="forkserver"``) asks here; a
+    module that turns out unsafe still falls back to spawn, with the reason.
+    """
+    require_choice("clm_profile", profile, PROFILE_CHOICES)
+    generation = PROFILES[profile] if profile != "auto" else installed_clm().generation
+    return frozenset(generation.preload)
 
 
 def _profile(profile: str, *, need_modules: bool) -> tuple[Generation, Mapping[str, str]]:

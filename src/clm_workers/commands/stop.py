@@ -6,13 +6,17 @@ stop (its pid and host are in ``clm_worker_sessions``) and waits, bounded;
 and only when the manager is gone, or does not stop in time, does it clean up
 after it, using what the database and the engine know:
 
-1. **Signal the manager.**  ``clm-workers start`` gets SIGTERM (its clean
-   stop: every worker SIGTERMed, ``stop.grace``, SIGKILL, rows ``dead``).
-   Any other manager (CLM itself) gets SIGINT first, which Python turns into
+1. **Signal the manager**, but only a process proven to be it
+   (:mod:`clm_workers.ownership`: same host and pid namespace, the start
+   tick the manager recorded for itself, and the manager token it holds
+   open).  A pid that started at another moment is another process: the
+   manager is gone.  A pid that cannot be proven either way is never
+   signalled; ``stop`` says so and how to stop it by hand.
+   ``clm-workers start`` gets SIGTERM (its clean stop: every worker
+   SIGTERMed, ``stop.grace``, SIGKILL, rows ``dead``).  Any other manager
+   (CLM itself) gets SIGINT first, which Python turns into
    ``KeyboardInterrupt`` and ``start_pools``/``stop_pools`` clean up on;
-   SIGTERM at half the timeout.  A pid is only signalled while the session's
-   lease is alive, on this host, and the process is older than the session
-   (so a reused pid is never hit).
+   SIGTERM at half the timeout.
 2. **Wait** until the manager has exited, at most ``--timeout`` seconds;
    then SIGKILL it.
 3. **Clean up what it left**, if anything:
@@ -20,7 +24,8 @@ after it, using what the database and the engine know:
      manager's death (their lifeline pipe ends); any process of the session
      still there after that (found by ``CLM_SESSION_ID`` in its environment,
      this host only) is killed with its process group;
-   - containers are removed by their labels (``clm.session``, ``clm.db``);
+   - containers are removed by their labels (``clm.session``, ``clm.db``),
+     also those of a session that ended long ago and left only exited ones;
    - the session's rows that still claim a worker become ``dead`` (in-flight
      jobs requeued, as the manager would have done), a ``pool_stopped`` event
      records who stopped it, and the lease is expired.
@@ -30,7 +35,6 @@ Rows without a session (workers CLM started itself) are never touched.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import os
 import signal
@@ -42,6 +46,15 @@ from pathlib import Path
 
 from .. import inventory
 from ..errors import ConfigError
+from ..ownership import Verdict, prove_manager, start_stamp
+from ..processes import (
+    alive,
+    command_line,
+    kill_group,
+    session_processes,
+    signal_quietly,
+    wait_gone,
+)
 from ..registry import Event, Registry
 
 log = logging.getLogger(__name__)
@@ -93,6 +106,8 @@ def stop_database(
     (``setting`` names where its path came from), or a ``session_prefix``
     that names no session.  Blocking.
     """
+    if session_prefix is not None and not session_prefix.strip():
+        raise ConfigError("--session", session_prefix, "a session id or its first characters (not empty)")
     conn = inventory.open_database(db_path, setting)
     try:
         sessions = inventory.read_sessions(conn)
@@ -104,42 +119,60 @@ def stop_database(
                                   f"a session id (or its start) of this database; it has: {known}")
             sessions = matching
         targets = [(s, inventory.active_rows(conn, s.session_id)) for s in sessions]
+        ended = {s.session_id for s, rows in targets if not (s.alive or rows)}
+        with_containers = _sessions_with_containers(db_path, ended & inventory.docker_sessions(conn))
     finally:
         conn.close()
-    targets = [(s, rows) for s, rows in targets if s.alive or rows]
+    targets = [(s, rows) for s, rows in targets if s.alive or rows or s.session_id in with_containers]
     if not targets:
         return []
 
     t0 = time.monotonic()
     this_host = socket.gethostname()
     results: dict[str, SessionStop] = {}
-    waiting: dict[str, int] = {}  # session -> manager pid we signalled
+    waiting: dict[str, tuple[int, str]] = {}  # session -> (manager pid, its start stamp) we signalled
     for session, rows in targets:
         result = results[session.session_id] = SessionStop(session.session_id, session.pid, session.host)
+        short = session.session_id[:8]
         live = f"{len(rows)} worker{'s' if len(rows) != 1 else ''}"
         if session.alive and session.host not in (None, this_host):
             result.detail = (f"its manager (pid {session.pid}) runs on host {session.host}; "
                              "run `clm-workers stop` there")
-            report(f"clm-workers: session {session.session_id[:8]}: {result.detail}")
+            report(f"clm-workers: session {short}: {result.detail}")
             continue
-        if session.alive and session.pid is not None and _is_manager(session):
-            first = signal.SIGTERM if _is_clm_workers_cli(session.pid) else signal.SIGINT
-            try:
-                os.kill(session.pid, first)
-            except ProcessLookupError:
-                pass  # it ended just now: clean up below
-            except PermissionError:
-                result.detail = f"not allowed to signal its manager (pid {session.pid}); run stop as its user"
-                report(f"clm-workers: session {session.session_id[:8]}: {result.detail}")
+        gone = "its manager is gone"
+        if session.alive and session.pid is not None:
+            proof = prove_manager(session.pid, session.session_id, session.proc_start)
+            if proof.verdict is Verdict.UNKNOWN:
+                pid = session.pid
+                result.detail = (
+                    f"cannot prove that pid {pid} is its manager ({proof.why}), so nothing was signalled; "
+                    f"if it is, stop it yourself (`kill -INT {pid}` for CLM, `kill -TERM {pid}` for "
+                    "clm-workers start) and run `clm-workers stop` again to clean up after it")
+                report(f"clm-workers: session {short}: {result.detail}")
                 continue
+            if proof.verdict is Verdict.MANAGER:
+                assert session.proc_start is not None
+                first = signal.SIGTERM if _is_clm_workers_cli(session.pid) else signal.SIGINT
+                try:
+                    os.kill(session.pid, first)
+                except ProcessLookupError:
+                    pass  # it ended just now: clean up below
+                except PermissionError:
+                    result.detail = (f"not allowed to signal its manager (pid {session.pid}); "
+                                     "run stop as its user")
+                    report(f"clm-workers: session {short}: {result.detail}")
+                    continue
+                else:
+                    result.signals.append(first.name)
+                    waiting[session.session_id] = (session.pid, session.proc_start)
+                    report(f"clm-workers: session {short} ({live}): {first.name} to its manager, "
+                           f"pid {session.pid}; waiting up to {timeout:g} s for it to stop them")
+                    continue
             else:
-                result.signals.append(first.name)
-                waiting[session.session_id] = session.pid
-                report(f"clm-workers: session {session.session_id[:8]} ({live}): {first.name} to its "
-                       f"manager, pid {session.pid}; waiting up to {timeout:g} s for it to stop them")
-                continue
-        report(f"clm-workers: session {session.session_id[:8]} ({live}): its manager is gone; "
-               "cleaning up what it left")
+                gone = f"its manager is gone ({proof.why})"
+        what = f"{live}" if rows else "its containers"
+        report(f"clm-workers: session {short} ({what}): {gone}; cleaning up what it left")
 
     _wait_for_managers(waiting, results, t0, timeout, report)
 
@@ -153,13 +186,23 @@ def stop_database(
 
 
 def _wait_for_managers(
-    waiting: dict[str, int], results: dict[str, SessionStop], t0: float, timeout: float, report: Report
+    waiting: dict[str, tuple[int, str]], results: dict[str, SessionStop], t0: float, timeout: float,
+    report: Report,
 ) -> None:
+    """Wait for the signalled managers to exit; SIGTERM at half the timeout, SIGKILL at its end.
+
+    Each later signal goes to the pid only while it is still the very process
+    that was proven the manager (its start stamp), never to a pid reused meanwhile.
+    """
     deadline = t0 + timeout
     escalate_at = t0 + timeout / 2
+
+    def same(pid: int, stamp: str) -> bool:
+        return alive(pid) and start_stamp(pid) == stamp
+
     while waiting and time.monotonic() < deadline:
-        for session_id, pid in list(waiting.items()):
-            if not _alive(pid):
+        for session_id, (pid, stamp) in list(waiting.items()):
+            if not same(pid, stamp):
                 del waiting[session_id]
                 results[session_id].seconds = round(time.monotonic() - t0, 3)
                 continue
@@ -167,16 +210,18 @@ def _wait_for_managers(
             if time.monotonic() >= escalate_at and "SIGTERM" not in result.signals:
                 report(f"clm-workers: session {session_id[:8]}: its manager ignored "
                        f"{result.signals[-1]}; sending SIGTERM")
-                _signal(pid, signal.SIGTERM)
+                signal_quietly(pid, signal.SIGTERM)
                 result.signals.append("SIGTERM")
         time.sleep(_POLL_SECONDS)  # polling a foreign process, bounded by the deadline
-    for session_id, pid in waiting.items():
+    for session_id, (pid, stamp) in waiting.items():
+        if not same(pid, stamp):
+            continue
         report(f"clm-workers: session {session_id[:8]}: its manager (pid {pid}) did not stop "
                f"within {timeout:g} s; killing it")
-        _signal(pid, signal.SIGKILL)
+        signal_quietly(pid, signal.SIGKILL)
         results[session_id].signals.append("SIGKILL")
         results[session_id].manager_killed = True
-        _wait_gone([pid], KILL_WAIT_SECONDS)
+        wait_gone([pid], KILL_WAIT_SECONDS)
 
 
 def _clean_up(db_path: Path, session: inventory.SessionRow, result: SessionStop, report: Report) -> None:
@@ -191,13 +236,13 @@ def _clean_up(db_path: Path, session: inventory.SessionRow, result: SessionStop,
                 result.containers_removed = _remove_containers(db_path, sid)
             except Exception as exc:
                 problems.append(f"could not remove its containers: {exc}")
-        leftovers = _session_processes(sid)
+        leftovers = session_processes(sid)
         if leftovers:
-            leftovers = _wait_gone(leftovers, LIFELINE_WAIT_SECONDS)
+            leftovers = wait_gone(leftovers, LIFELINE_WAIT_SECONDS)
         for pid in leftovers:
-            _kill_group(pid)
+            kill_group(pid)
         if leftovers:
-            still = _wait_gone(leftovers, KILL_WAIT_SECONDS)
+            still = wait_gone(leftovers, KILL_WAIT_SECONDS)
             result.processes_killed = len(leftovers) - len(still)
             if still:
                 problems.append(f"processes {', '.join(map(str, still))} survived SIGKILL")
@@ -253,105 +298,27 @@ def _remove_containers(db_path: Path, session_id: str) -> list[str]:
         executor.close()
 
 
-# -- processes (Linux /proc) ---------------------------------------------------------
+def _sessions_with_containers(db_path: Path, sessions: set[str]) -> set[str]:
+    """Which of these (ended) sessions still have containers on the engine: one listing for all."""
+    if not sessions:
+        return set()
+    try:
+        from ..executors.docker import DockerExecutor
 
-
-def _is_manager(session: inventory.SessionRow) -> bool:
-    """The session's pid runs and started before the session did (so it was not reused)."""
-    pid = session.pid
-    if pid is None or not _alive(pid):
-        return False
-    started = _process_start(pid)
-    session_start = _utc_epoch(session.started_at)
-    if started is None or session_start is None:
-        return True
-    return started <= session_start + 2.0
+        executor = DockerExecutor(db_path=db_path.resolve(), workspace_path=db_path.resolve().parent,
+                                  pool_size=2)
+        try:
+            return executor.sessions_with_containers() & sessions
+        finally:
+            executor.close()
+    except Exception as exc:  # no engine, no SDK: nothing of theirs can be removed from here anyway
+        log.info("cannot look for the containers of ended sessions: %s", exc)
+        return set()
 
 
 def _is_clm_workers_cli(pid: int) -> bool:
     """Whether ``pid`` is ``clm-workers start`` (which stops cleanly on SIGTERM)."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    ours = any(a == b"clm-workers" or a.endswith(b"/clm-workers") or a == b"clm_workers.cli" for a in args)
+    args = command_line(pid)
+    ours = any(a == b"clm-workers" or a.endswith(b"/clm-workers") or a in (b"clm_workers.cli", b"clm_workers")
+               for a in args)
     return ours and b"start" in args
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _process_start(pid: int) -> float | None:
-    """When ``pid`` started, in seconds since the epoch."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def _utc_epoch(timestamp: str | None) -> float | None:
-    if not timestamp:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%d %H:%M:%S")))
-    except ValueError:
-        return None
-
-
-def _session_processes(session_id: str) -> list[int]:
-    """Pids of this host's processes (in our pid namespace) that carry ``CLM_SESSION_ID=session_id``."""
-    marker = f"CLM_SESSION_ID={session_id}".encode()
-    try:
-        our_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        our_ns = None
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if our_ns is not None and os.readlink(entry / "ns" / "pid") != our_ns:
-                continue  # a container's process: removed with its container
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def _wait_gone(pids: list[int], seconds: float) -> list[int]:
-    """Wait (bounded) until the processes have exited; those still alive."""
-    deadline = time.monotonic() + seconds
-    alive = [p for p in pids if _alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(_POLL_SECONDS)  # polling foreign processes, bounded by the deadline
-        alive = [p for p in alive if _alive(p)]
-    return alive
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL a worker and its children: a direct worker leads its own process group."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-            return
-    except (ProcessLookupError, PermissionError):
-        pass
-    _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, signum: signal.Signals) -> None:
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError) as exc:
-        log.debug("cannot send %s to %d: %s", signum.name, pid, exc)

@@ -32,6 +32,10 @@ class WorkerHandle:
     db_worker_id: int | None = None
     #: The worker's processes on this host, where the executor can see them.
     tree: ProcessTree | None = None
+    #: How its process came to be: ``spawn`` (or a container) or ``forkserver``.
+    start_method: str = "spawn"
+    #: Why it was started otherwise than its pool asked (a fork server that fell back to spawn).
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,9 @@ def protocol_environment(
 
     ``db_path`` and ``workspace_path`` are as the worker sees them (inside a
     container: ``/db/<file>`` and ``/workspace``).  The config's own ``env``
-    is applied last so a pool can override anything.
+    is applied last so a pool can override anything but the variables that
+    tie a worker to its session, row and database (``config.RESERVED_ENV``,
+    refused when the config is made).
     """
     env = {
         "WORKER_TYPE": spec.worker_type,

@@ -6,9 +6,14 @@ about the database.
 
 Two choices shape this module (see DESIGN.md):
 
-* Each worker leads its own process group (``process_group=0``, which, unlike
-  ``preexec_fn``, is safe when many threads spawn at once).  Stop and kill
-  signal the whole group, so a worker's own children go with it.
+* Each worker leads its own session, and so its own process group
+  (``start_new_session``, which, unlike ``preexec_fn``, is safe when many
+  threads spawn at once).  Stop and kill signal the whole group, so a
+  worker's own children go with it.  A session of its own also gives each
+  worker its own share of the CPU where the kernel groups scheduling by
+  session (Linux's autogroup), as CLM's own executor does (``setsid``):
+  otherwise, on a machine busy with other sessions, a whole pool would get
+  one session's share.
 * Orphan protection is a *lifeline*: one pipe per executor whose write end only
   this process holds and never writes to.  Every worker inherits the read end
   (its number is in ``CLM_LIFELINE_FD``) and sees EOF when the manager dies
@@ -37,10 +42,10 @@ from pathlib import Path
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
-from ..proctree import ProcessTree
+from ..proctree import ProcessTree, refresh_trees
 from .base import Activity, WorkerHandle, protocol_environment
 
-__all__ = ["DirectExecutor", "LIFELINE_ENV"]
+__all__ = ["DirectExecutor", "LIFELINE_ENV", "kill_tree", "tail", "terminate_tree", "wait_descendants_gone"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +53,15 @@ log = logging.getLogger(__name__)
 LIFELINE_ENV = "CLM_LIFELINE_FD"
 
 #: How long :meth:`DirectExecutor.kill` waits for a SIGKILLed worker to be reaped.
-_KILL_REAP_TIMEOUT = 5.0
+KILL_REAP_TIMEOUT = 5.0
 #: ... and for its SIGKILLed descendants (reaped by whoever adopted them) to be gone.
 _DESCENDANT_EXIT_TIMEOUT = 1.0
 
 # Errors that every start would hit the same way: the interpreter, the
 # workspace or the log folder is missing or not accessible.
 _FATAL_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOEXEC})
+# ... or that the machine refuses to every start alike, each with its own remedy.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EAGAIN, errno.ENOMEM})
 
 
 class DirectExecutor:
@@ -109,12 +116,34 @@ class DirectExecutor:
         :class:`RuntimeError` for any other spawn failure or after
         :meth:`close`.  On error no process is left behind.
         """
+        popen = self.spawn_process(
+            spec.label, self.command(spec), self.environment(spec), self.log_path(spec)
+        )
+        return WorkerHandle(
+            spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid,
+            tree=ProcessTree(popen.pid),
+        )
+
+    def spawn_process(
+        self,
+        label: str,
+        cmd: list[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        pass_fds: Sequence[int] = (),
+    ) -> subprocess.Popen[bytes]:
+        """Spawn ``cmd`` as a worker is spawned: its own group, the lifeline, output to ``log_path``.
+
+        For the fork server's templates too.  ``pass_fds`` are inherited
+        besides the lifeline.  Raises as :meth:`start` does.
+        """
         with self._state:
             if self._closed:
                 raise RuntimeError("DirectExecutor is closed; cannot start more workers")
             self._starts_in_flight += 1
         try:
-            return self._spawn(spec)
+            return self._spawn(label, cmd, env, log_path, pass_fds)
         finally:
             with self._state:
                 self._starts_in_flight -= 1
@@ -138,9 +167,9 @@ class DirectExecutor:
         Non-blocking beyond reading ``/proc``; handles that exited are left out.
         """
         found: dict[WorkerHandle, Activity] = {}
-        for handle in handles:
-            if _popen(handle).poll() is not None:
-                continue
+        running = [h for h in handles if _popen(h).poll() is None]
+        refresh_trees(h.tree for h in running if h.tree is not None)  # one read of the process table
+        for handle in running:
             tree = handle.tree
             if tree is None:  # the tree could not be made at spawn: nothing to measure
                 found[handle] = Activity(cpu_seconds=None)
@@ -157,11 +186,7 @@ class DirectExecutor:
         popen = _popen(handle)
         if popen.returncode is not None:
             return  # reaped: its pid may already belong to someone else
-        if handle.tree is not None:
-            handle.tree.refresh()  # before the signal: a dead worker links no descendant
-        _signal_group(popen.pid, signal.SIGTERM)
-        if handle.tree is not None:
-            handle.tree.signal(signal.SIGTERM, include_root=False)
+        terminate_tree(popen.pid, handle.tree)
 
     def kill(self, handle: WorkerHandle) -> None:
         """SIGKILL the worker's process group and every descendant it was seen with; reap it.
@@ -173,19 +198,12 @@ class DirectExecutor:
         Returns once every one of them is gone, or after a bound.
         """
         popen = _popen(handle)
-        tree = handle.tree
-        if tree is not None and popen.returncode is None:
-            tree.refresh()
-        _signal_group(popen.pid, signal.SIGKILL)
-        if tree is not None:
-            tree.signal(signal.SIGKILL)
+        kill_tree(popen.pid, handle.tree, running=popen.returncode is None)
         try:
-            popen.wait(timeout=_KILL_REAP_TIMEOUT)
+            popen.wait(timeout=KILL_REAP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self._kill_stubborn(handle, popen)
-        if tree is not None:
-            for survivor in tree.wait_gone(_DESCENDANT_EXIT_TIMEOUT):
-                log.error("process %s of worker %s survived SIGKILL", survivor.pid, handle.spec.label)
+        wait_descendants_gone(handle)
 
     def _kill_stubborn(self, handle: WorkerHandle, popen: subprocess.Popen[bytes]) -> None:
         # The worker left its group (setpgid/setsid) or is stuck in the kernel.
@@ -196,7 +214,7 @@ class DirectExecutor:
         )
         try:
             popen.kill()
-            popen.wait(timeout=_KILL_REAP_TIMEOUT)
+            popen.wait(timeout=KILL_REAP_TIMEOUT)
         except subprocess.TimeoutExpired:
             log.error(
                 "worker %s (pid %s) could not be reaped after SIGKILL", handle.spec.label, popen.pid
@@ -210,7 +228,7 @@ class DirectExecutor:
 
     def output_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         """The last ``lines`` lines of the worker's log (stdout + stderr); "" if none."""
-        return _tail(self.log_path(handle.spec), lines)
+        return tail(self.log_path(handle.spec), lines)
 
     def close(self) -> None:
         """Close both ends of the lifeline; idempotent.
@@ -244,7 +262,8 @@ class DirectExecutor:
 
     # -- internals -----------------------------------------------------------
 
-    def _environment(self, spec: WorkerSpec) -> dict[str, str]:
+    def environment(self, spec: WorkerSpec) -> dict[str, str]:
+        """The worker's whole environment: this process's, the extras, the protocol's, the lifeline."""
         env = os.environ.copy()
         env.update(self.extra_env)
         env.update(
@@ -258,48 +277,61 @@ class DirectExecutor:
         env[LIFELINE_ENV] = str(self._lifeline_read)
         return env
 
-    def _spawn(self, spec: WorkerSpec) -> WorkerHandle:
-        cmd = self.command(spec)
-        log_path = self.log_path(spec)
+    def _spawn(
+        self, label: str, cmd: list[str], env: Mapping[str, str], log_path: Path, pass_fds: Sequence[int]
+    ) -> subprocess.Popen[bytes]:
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             created_log = not log_path.exists()
             log_file = open(log_path, "ab")  # noqa: SIM115 - closed right after Popen
         except OSError as exc:
             raise FatalExecutorError(
-                f"cannot open the log file {log_path} for worker {spec.label}: {exc}; "
-                "check that the log folder is writable"
+                f"cannot open the log file {log_path} for worker {label}: {exc}; "
+                f"{_what_to_do(exc, 'check that the log folder is writable')}"
             ) from exc
         try:
-            popen = subprocess.Popen(
+            return subprocess.Popen(
                 cmd,
-                env=self._environment(spec),
+                env=env,
                 cwd=self.workspace_path,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
                 close_fds=True,
-                pass_fds=(self._lifeline_read,),
-                process_group=0,
+                pass_fds=(self._lifeline_read, *pass_fds),
+                start_new_session=True,
             )
         except BaseException as exc:
             if created_log:
                 _unlink_quietly(log_path)
             described = f"{' '.join(cmd)!r} (cwd {str(self.workspace_path)!r})"
-            if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
+            if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS | _RESOURCE_ERRNOS:
                 raise FatalExecutorError(
-                    f"cannot start worker {spec.label}: {described}: {exc.strerror or exc}; "
-                    "check the Python interpreter and the workspace folder"
+                    f"cannot start worker {label}: {described}: {exc.strerror or exc}; "
+                    f"{_what_to_do(exc, 'check the Python interpreter and the workspace folder')}"
                 ) from exc
             if isinstance(exc, Exception):
-                raise RuntimeError(f"cannot start worker {spec.label}: {described}: {exc}") from exc
+                raise RuntimeError(f"cannot start worker {label}: {described}: {exc}") from exc
             raise
         finally:
             log_file.close()  # the worker has its own copy
-        return WorkerHandle(
-            spec=spec, executor_id=spec.executor_id, native=popen, pid=popen.pid,
-            tree=ProcessTree(popen.pid),
-        )
+
+
+def _what_to_do(exc: OSError, otherwise: str) -> str:
+    """The remedy for an error of the machine, not of the folder (say, too many open files)."""
+    if exc.errno == errno.EMFILE:
+        import resource  # deferred: only this error needs it
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"this process has too many open files (its limit is {soft}, `ulimit -n`): raise the "
+                "limit or start fewer workers at once")
+    if exc.errno == errno.ENFILE:
+        return "the system has too many open files: close some, or raise fs.file-max"
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full: make room"
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return "the machine cannot start more processes now (its process or memory limit)"
+    return otherwise
 
 
 def _popen(handle: WorkerHandle) -> subprocess.Popen[bytes]:
@@ -315,12 +347,37 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def terminate_tree(pid: int, tree: ProcessTree | None) -> None:
+    """SIGTERM to a running worker's group (led by ``pid``) and to its descendants outside it."""
+    if tree is not None:
+        tree.refresh()  # before the signal: a dead worker links no descendant
+    _signal_group(pid, signal.SIGTERM)
+    if tree is not None:
+        tree.signal(signal.SIGTERM, include_root=False)
+
+
+def kill_tree(pid: int, tree: ProcessTree | None, *, running: bool) -> None:
+    """SIGKILL a worker's group and every descendant it was seen with; returns at once."""
+    if tree is not None and running:
+        tree.refresh()
+    _signal_group(pid, signal.SIGKILL)
+    if tree is not None:
+        tree.signal(signal.SIGKILL)
+
+
+def wait_descendants_gone(handle: WorkerHandle) -> None:
+    """After :func:`kill_tree` and the reaping: wait (bounded) for the descendants; log survivors."""
+    if handle.tree is not None:
+        for survivor in handle.tree.wait_gone(_DESCENDANT_EXIT_TIMEOUT):
+            log.error("process %s of worker %s survived SIGKILL", survivor.pid, handle.spec.label)
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
 
 
-def _tail(path: Path, lines: int, block: int = 8192) -> str:
+def tail(path: Path, lines: int, block: int = 8192) -> str:
     """The last ``lines`` lines of ``path``, reading backwards from its end."""
     if lines <= 0:
         return ""

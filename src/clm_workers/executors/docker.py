@@ -50,7 +50,7 @@ import requests.exceptions
 
 from ..errors import FatalExecutorError
 from ..plan import WorkerSpec
-from ..proctree import ProcessTree
+from ..proctree import ProcessTree, refresh_trees
 from .base import Activity, WorkerHandle, protocol_environment
 
 __all__ = [
@@ -66,9 +66,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where the database's folder and the workspace appear inside a container.
+#: Where the database (its file, and its ``-wal`` and ``-shm``) and the workspace appear inside a container.
 CONTAINER_DB_DIR = "/db"
 CONTAINER_WORKSPACE = "/workspace"
+
+#: Whom a container runs as when neither the invoking user nor the data's owner is
+#: a user other than root: ``nobody``.  Containers never run as root.
+FALLBACK_USER = (65534, 65534)
+#: How many processes and threads one container may have (a CLM notebook worker
+#: with its kernel uses about 40).
+DEFAULT_PIDS_LIMIT = 512
+#: An image label: ``true`` when the image's worker runs on a read-only root
+#: file system (only ``/tmp``, a tmpfs, writable).  The clm-workers image has it.
+LABEL_READ_ONLY = "clm.read-only-rootfs"
 
 #: The variable that tells the worker image which module to run (see worker-image/Dockerfile).
 WORKER_MODULE_ENV = "CLM_WORKER_MODULE"
@@ -150,13 +160,19 @@ class DockerExecutor:
         pool_size: int = 10,
         network: str | None = None,
         log_level: str = "INFO",
-        user: str | None = f"{os.getuid()}:{os.getgid()}",
+        user: tuple[int, int] | None = None,
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
         base_url: str | None = None,
         exit_poll_interval: float = 0.05,
         timeout: float = 30.0,
     ) -> None:
-        self.db_path = Path(db_path)
-        self.workspace_path = Path(workspace_path)
+        # Resolved here: a symlink on the way is followed once, seen, and never again.
+        self.db_path = Path(os.path.realpath(db_path))
+        self.workspace_path = Path(os.path.realpath(workspace_path))
+        self.pids_limit = pids_limit
+        #: ``(mounts, uid:gid, whether the database's folder is mounted)``, made at the first start.
+        self._plan: tuple[list[Any], str, bool] | None = None
+        self._read_only_images: set[str] = set()
         self.pool_size = pool_size
         self.network = network
         self.log_level = log_level
@@ -187,12 +203,17 @@ class DockerExecutor:
 
         Raises :class:`FatalExecutorError` when the engine cannot be reached
         or an image is not present locally (nothing is pulled), or the network
-        cannot be created.
+        cannot be created.  Notes which images run on a read-only root file
+        system (:data:`LABEL_READ_ONLY`).
         """
         api = self._client().api
         for image in sorted({spec.image or "" for spec in specs}):
             try:
-                api.inspect_image(image)
+                info = api.inspect_image(image)
+                labels = (info.get("Config") or {}).get("Labels") or {}
+                if str(labels.get(LABEL_READ_ONLY, "")).lower() == "true":
+                    with self._lock:
+                        self._read_only_images.add(image)
             except docker.errors.NotFound:
                 raise FatalExecutorError(_missing_image(image)) from None
             except docker.errors.APIError as exc:
@@ -217,23 +238,32 @@ class DockerExecutor:
             if self._closed:
                 raise RuntimeError("DockerExecutor is closed; cannot start more workers")
         name = spec.executor_id
+        mounts, user, _ = self._mount_plan()
+        with self._lock:
+            read_only = (spec.image or "") in self._read_only_images
+        environment = self.environment(spec)
+        if read_only:
+            environment.setdefault("HOME", "/tmp")  # the only writable place
         try:
             created = api.create_container(
                 spec.image,
                 name=name,
-                environment=self.environment(spec),
+                environment=environment,
                 labels=self.labels(spec),
-                user=self.user,
+                user=user,
                 host_config=api.create_host_config(
                     init=True,
                     mem_limit=spec.memory_limit,
-                    # Mounts, not binds: binds are keyed by host folder, and the
-                    # database often lives in the workspace folder itself.
-                    mounts=[
-                        docker.types.Mount(CONTAINER_DB_DIR, str(self.db_path.parent), type="bind"),
-                        docker.types.Mount(CONTAINER_WORKSPACE, str(self.workspace_path), type="bind"),
-                    ],
+                    mounts=mounts,
                     network_mode=self.network,
+                    # What a worker needs and nothing more: no capability, no way to gain
+                    # privileges (setuid files), a bounded process table, and where the
+                    # image allows it no writable root file system but /tmp.
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                    pids_limit=self.pids_limit,
+                    read_only=read_only,
+                    tmpfs={"/tmp": "rw,nosuid,nodev"} if read_only else None,
                 ),
             )
         except docker.errors.ImageNotFound:
@@ -314,11 +344,11 @@ class DockerExecutor:
             by_session.setdefault(handle.spec.session_id, []).append(handle)
         for session_id, group in by_session.items():
             _, states = self._listing(session_id)
-            for handle in group:
+            live = [h for h in group if states.get(h.executor_id) in ("running", "paused")]
+            trees = {h: self._host_tree(h) for h in live}
+            refresh_trees(t for t in trees.values() if t is not None)
+            for handle, tree in trees.items():
                 state = states.get(handle.executor_id)
-                if state not in ("running", "paused"):
-                    continue
-                tree = self._host_tree(handle)
                 cpu = tree.cpu_seconds() if tree is not None else self._cpu_seconds(handle.executor_id)
                 found[handle] = Activity(cpu, stopped=state == "paused")
         return found
@@ -416,6 +446,63 @@ class DockerExecutor:
 
     # -- extras --------------------------------------------------------------
 
+    def _mount_plan(self) -> tuple[list[Any], str, bool]:
+        """The mounts and the user of every container, worked out at the first start (the database
+        exists by then), checked, and kept.
+
+        In WAL mode the database is three files, all of which must be the
+        very files the host's processes use (SQLite shares its lock state
+        through ``-shm``): each is mounted on its own at ``/db``, and the rest
+        of the database's folder stays invisible.  A database in rollback
+        mode creates and deletes its journal beside itself, so there the
+        folder is mounted (and a warning logged).  A symlink is never
+        mounted: Docker would silently mount what it points to.
+
+        Raises :class:`FatalExecutorError` for a database that is missing, a
+        ``-wal``/``-shm`` that is not a plain file, or data the container's
+        user cannot write.
+        """
+        with self._lock:
+            if self._plan is not None:
+                return self._plan
+        db, workspace = self.db_path, self.workspace_path
+        if not db.is_file():
+            raise FatalExecutorError(f"the database {db} does not exist (or is not a file); "
+                                     "no container was created")
+        companions = [Path(f"{db}-wal"), Path(f"{db}-shm")]
+        for path in companions:
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise FatalExecutorError(
+                    f"{path} is not a plain file (a symlink, or something else): refusing to mount it "
+                    "into containers; remove it while no process uses the database")
+        whole_folder = not all(p.exists() for p in companions)
+        if whole_folder:
+            log.warning("the database %s is not in WAL mode: its rollback journal comes and goes beside "
+                        "it, so containers see its whole folder %s", db, db.parent)
+            mounts = [docker.types.Mount(CONTAINER_DB_DIR, str(db.parent), type="bind")]
+            writable = [db, db.parent]
+        else:
+            mounts = [docker.types.Mount(f"{CONTAINER_DB_DIR}/{p.name}", str(p), type="bind")
+                      for p in (db, *companions)]
+            writable = [db, *companions]
+        # Mounts, not binds: binds are keyed by host folder, and the database
+        # often lives in the workspace folder itself.
+        mounts.append(docker.types.Mount(CONTAINER_WORKSPACE, str(workspace), type="bind"))
+        uid, gid = self.user if self.user is not None else container_user(db, workspace)
+        if uid == 0:
+            raise FatalExecutorError("containers never run as root (user 0); configure another user")
+        cannot = [str(p) for p in (*writable, workspace) if not _writable_by(p, uid, gid)]
+        if cannot:
+            raise FatalExecutorError(
+                f"containers run as uid {uid} (gid {gid}), never as root, and that user cannot write "
+                f"{', '.join(cannot)}. Give the database and the workspace to a user other than root "
+                f"(for example `chown -R USER {workspace}`; containers then run as that user), or make "
+                "them writable for it; no container was created.")
+        plan = (mounts, f"{uid}:{gid}", whole_folder)
+        with self._lock:
+            self._plan = plan
+        return plan
+
     def environment(self, spec: WorkerSpec) -> dict[str, str]:
         """The container's environment: the protocol's variables as the container sees them."""
         env = {WORKER_MODULE_ENV: spec.module}
@@ -441,6 +528,13 @@ class DockerExecutor:
         if spec.db_worker_id is not None:
             labels[LABEL_DB_WORKER_ID] = str(spec.db_worker_id)
         return labels
+
+    def sessions_with_containers(self) -> set[str]:
+        """The sessions that have containers of this database on the engine (running or not): one call."""
+        mine = [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_DB}={self.db_identity}"]
+        found = self._client().api.containers(all=True, filters={"label": mine})
+        return {str(labels[LABEL_SESSION]) for info in found
+                if LABEL_SESSION in (labels := info.get("Labels") or {})}
 
     def remove_containers_of(self, sessions: Collection[str]) -> list[str]:
         """Remove every container of this database whose session is in ``sessions``.
@@ -585,6 +679,38 @@ class DockerExecutor:
             return None
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
         return "\n".join(line.rstrip("\r") for line in text.rstrip("\n").split("\n"))
+
+
+def container_user(db_path: Path, workspace: Path) -> tuple[int, int]:
+    """Whom containers run as: the invoking user, else (run by root) the owner of the database,
+    else of the workspace, else :data:`FALLBACK_USER`; never root."""
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    for path in (db_path, workspace):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if info.st_uid != 0:
+            return info.st_uid, info.st_gid
+    return FALLBACK_USER
+
+
+def _writable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether ``uid``:``gid`` (and no other group: a container has only its primary one) may write
+    ``path`` (and, for a folder, enter it), by its mode bits."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    need = 0o3 if path.is_dir() else 0o2  # write, and for a folder search too
+    if info.st_uid == uid:
+        bits = info.st_mode >> 6
+    elif info.st_gid == gid:
+        bits = info.st_mode >> 3
+    else:
+        bits = info.st_mode
+    return bits & need == need
 
 
 def _missing_image(image: str) -> str:
