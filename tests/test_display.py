@@ -68,6 +68,15 @@ def test_a_worker_registered_then_failed_as_a_timeout_is_not_counted_twice():
                         metadata or None, container_id=f"direct-notebook-{index}-{event_id:08x}")
 
     view = display.StartupView({"notebook": 3}, display.Clock(), live=False)
-    view.on_events([event(1, "worker_registered", 0, pid=10), event(2, "worker_registered", 2, pid=12),
-                    event(3, "worker_failed", 2, phase="timeout"), event(4, "worker_registered", 1, pid=11)])
+    shown, before = io.StringIO(), display.stderr.file
+    display.stderr.file = shown
+    try:
+        view.on_events([event(1, "worker_registered", 0, pid=10), event(2, "worker_registered", 2, pid=12),
+                        event(3, "worker_failed", 2, phase="timeout"), event(4, "worker_registered", 1, pid=11)])
+    finally:
+        display.stderr.file = before
     assert view.registered == {"notebook": 2} and view.failed == {"notebook": 1}
+    lines = shown.getvalue().splitlines()
+    assert "notebook#2 registered, pid 12 (notebook 2/3)" in lines[1]
+    assert lines[2].endswith("✗ notebook#2 worker_failed (notebook 1/3 registered)"), lines[2]
+    assert "notebook#1 registered, pid 11 (notebook 2/3)" in lines[3]

@@ -202,12 +202,15 @@ class StartupView:
                          f"{self.totals[event.worker_type]})")
             elif event.event_type == "worker_failed" and "phase" in (event.metadata or {}):
                 self.failed[event.worker_type] = self.failed.get(event.worker_type, 0) + 1
+                message = event.message or f"{event.label} failed"
                 if event.label in self._registered_labels:
+                    # Shown registered a moment ago, but too late for the engine: taken back.
                     self._registered_labels.discard(event.label)
                     self.registered[event.worker_type] -= 1
+                    message += (f" ({event.worker_type} {self.registered[event.worker_type]}/"
+                                f"{self.totals.get(event.worker_type, 0)} registered)")
                 self._update(event.worker_type)
-                self._print_failure(event.label, event.message or f"{event.label} failed",
-                                    str((event.metadata or {}).get("reason") or ""))
+                self._print_failure(event.label, message, str((event.metadata or {}).get("reason") or ""))
 
     def missed_failures(self, report: StartupReport) -> None:
         """Print the report's failures whose event never showed up (an audit write failed)."""
