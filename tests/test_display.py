@@ -71,8 +71,10 @@ def test_a_worker_registered_then_failed_as_a_timeout_is_not_counted_twice():
     shown, before = io.StringIO(), display.stderr.file
     display.stderr.file = shown
     try:
-        view.on_events([event(1, "worker_registered", 0, pid=10), event(2, "worker_registered", 2, pid=12),
-                        event(3, "worker_failed", 2, phase="timeout"), event(4, "worker_registered", 1, pid=11)])
+        view.on_events([event(1, "worker_registered", 0, pid=10),
+                        event(2, "worker_registered", 2, pid=12),
+                        event(3, "worker_failed", 2, phase="timeout"),
+                        event(4, "worker_registered", 1, pid=11)])
     finally:
         display.stderr.file = before
     assert view.registered == {"notebook": 2} and view.failed == {"notebook": 1}
