@@ -21,7 +21,7 @@ reads the workers' values.  Only the ``--per-worker`` variables (a worker's
 own row and id) differ; the template has none of them, and notes every
 module whose import-time code looks one up: those modules run afresh in each
 worker, with that worker's value.  Importing a module afresh in a forked
-child costs several times what it costs in the template (every object it
+child costs about three times what it costs in the template (every object it
 touches is a page to copy), so nothing else is imported twice.
 
 The control socket carries one JSON object per line.  The manager sends
