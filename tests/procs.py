@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import trio
+
 T = TypeVar("T")
 
 
@@ -43,6 +45,18 @@ def wait_until(
 
 #: ``PF_EXITING`` in the flags field of /proc/PID/stat: the kernel has begun to end the process.
 PF_EXITING = 0x4
+
+
+async def wait_for(predicate: Callable[[], T], deadline: float, interval: float = 0.05) -> T:
+    """Poll ``predicate`` (which may block briefly on SQLite) until true, within ``deadline`` s (Trio).
+
+    The conditions live in other processes and the database: there is no
+    event to wait on, so this polls.  Raises :class:`trio.TooSlowError`.
+    """
+    with trio.fail_after(deadline):
+        while not (value := predicate()):  # noqa: ASYNC110
+            await trio.sleep(interval)
+    return value
 
 
 def alive(pid: int) -> bool:

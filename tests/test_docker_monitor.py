@@ -10,9 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from clm_workers import MonitorSettings, RestartPolicy, open_worker_pool
+from procs import wait_for
 from test_docker import client, data_of_a_user, dsim, nothing_left_behind  # noqa: F401 - shared fixtures
 
 SETTINGS = MonitorSettings(
@@ -24,13 +23,6 @@ SETTINGS = MonitorSettings(
 def query(db: Path, sql: str, *params: object) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-async def wait_for(predicate, deadline: float, interval: float = 0.05):
-    with trio.fail_after(deadline):
-        while not (value := predicate()):  # noqa: ASYNC110
-            await trio.sleep(interval)
-    return value
 
 
 async def test_paused_busy_container_is_found_and_replaced(client: Any, tmp_path: Path) -> None:  # noqa: F811

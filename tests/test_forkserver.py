@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 import clm_workers
 from clm_workers import MonitorSettings, RestartPolicy, WorkerConfig, open_worker_pool
@@ -36,7 +35,7 @@ from clm_workers.executors.direct import DirectExecutor
 from clm_workers.executors.forkserver import ForkServerExecutor
 from clm_workers.launch import ORPHANED_EXIT_CODE
 from clm_workers.plan import WorkerSpec
-from procs import alive, session_processes, wait_until
+from procs import alive, session_processes, wait_for, wait_until
 from test_direct_executor import CRASHER, SLEEPER, TESTS_DIR, Dirs, make_spec
 
 ENVWORKER = "workers_for_tests.envworker"
@@ -402,14 +401,6 @@ def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
-async def poll(predicate: Callable[[], Any], deadline: float) -> Any:
-    """The condition lives in other processes and the database: poll it, within ``deadline`` s."""
-    with trio.fail_after(deadline):
-        while not (value := predicate()):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-    return value
-
-
 def fork_server(pool: Any) -> ForkServerExecutor:
     executor = pool.manager._backend.executors["forkserver"]
     assert isinstance(executor, ForkServerExecutor)
@@ -424,11 +415,11 @@ async def test_a_forked_worker_killed_during_a_job_is_replaced_by_a_forked_one(t
         template = template_pid(fork_server(pool))
         (tmp_path / "slow.in").write_text("slow")
         job = pool.manager.registry.submit_job("notebook", "slow.in", "slow.out", {"seconds": 1.0})
-        [(victim,)] = await poll(lambda: query(
+        [(victim,)] = await wait_for(lambda: query(
             db, "SELECT worker_id FROM jobs WHERE id = ? AND status = 'processing'", job), 10)
         [handle] = [h for h in pool.manager._live.snapshot() if h.db_worker_id == victim]
         os.kill(handle.pid, signal.SIGKILL)
-        [(worker, attempts)] = await poll(lambda: query(
+        [(worker, attempts)] = await wait_for(lambda: query(
             db, "SELECT worker_id, attempts FROM jobs WHERE id = ? AND status = 'completed'", job), 15)
         assert worker != victim and attempts == 2
         await pool.wait_ready("notebook", 2)
@@ -448,7 +439,7 @@ async def test_a_killed_template_s_workers_are_replaced_from_a_new_template(tmp_
         first = [w.pid for w in pool.report.started]
         template = template_pid(fork_server(pool))
         os.kill(template, signal.SIGKILL)
-        await poll(lambda: pool.monitor.replacements == 2, 15)
+        await wait_for(lambda: pool.monitor.replacements == 2, 15)
         await pool.wait_ready("notebook", 2)
         assert not any(alive(pid) for pid in first)
         handles = pool.manager._live.snapshot()

@@ -23,7 +23,7 @@ from clm_workers.monitor import Watch, assess
 from clm_workers.plan import WorkerSpec, new_executor_id
 from clm_workers.registry import Registry, RowHealth
 from clm_workers.settings_file import load_settings
-from procs import alive, session_processes, wait_until
+from procs import alive, session_processes, wait_for, wait_until
 
 RESTART = RestartPolicy(backoff_initial=0.1, backoff_max=0.5, flap_limit=10, flap_window=60)
 # Idle: hung after 2 s, killed after 3.5 s (as FAST_MONITOR in test_pool.py).
@@ -38,14 +38,6 @@ def quiet_sim(count: int = 1) -> WorkerConfig:
 def query(db: Path, sql: str, *params: object) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-async def wait_for(predicate, deadline: float, interval: float = 0.05):
-    """Poll ``predicate`` (conditions in other processes and SQLite) until true, within ``deadline`` s."""
-    with trio.fail_after(deadline):
-        while not (value := predicate()):  # noqa: ASYNC110
-            await trio.sleep(interval)
-    return value
 
 
 def submit(pool, name: str, **payload: float) -> int:

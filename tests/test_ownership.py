@@ -9,7 +9,7 @@ import pytest
 
 from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager, inventory
 from clm_workers.registry import Registry
-from procs import session_processes
+from procs import session_processes, wait_for
 
 SIM = "clm_workers.sim"
 
@@ -52,9 +52,19 @@ async def test_a_pool_that_serves_builds_has_shared_rows_that_stay_its_own_for_c
             mine = inventory.read_workers(conn, session=session)
             assert [(w.session_id, w.status) for w in mine] == [(session, "idle")] * 2
             assert inventory.read_workers(conn, session="another") == []
+            (tmp_path / "a.in").write_text("a")
+            inventory.submit_job(conn, "notebook", "a.in", "a.out", {"seconds": 0})
+        # The jobs its workers took are the pool's in its counts.
+        await wait_for(lambda: job_counts(db, session) == {"completed": 1}, 10)
+        assert job_counts(db, "another") == {}
     finally:
         await manager.stop_pools()
     assert [row[2] for row in ownership(db)] == ["dead", "dead"]
+
+
+def job_counts(db: Path, session: str) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return inventory.job_counts(conn, session)
 
 
 def test_the_rows_of_a_dead_shared_pool_are_retired_and_no_one_elses(tmp_path: Path):

@@ -26,7 +26,7 @@ from clm_workers import (
 )
 from clm_workers.clm.database import prepare_database
 from clm_workers.clm.installed import InstalledClm
-from procs import alive, session_processes, wait_until
+from procs import alive, session_processes, wait_for, wait_until
 
 FAST_MONITOR = MonitorSettings(
     interval=0.05, heartbeat_timeout=2.0, hung_timeout=3.5,
@@ -42,18 +42,6 @@ def sim(worker_type="notebook", count=1, **env) -> WorkerConfig:
 def query(db, sql, *params):
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-async def wait_for(predicate, deadline: float, interval: float = 0.05):
-    """Poll ``predicate`` (which may block briefly on SQLite) until true, within ``deadline`` s.
-
-    The conditions live in other processes and the database: there is no
-    event to wait on, so this polls.
-    """
-    with trio.fail_after(deadline):
-        while not (value := predicate()):  # noqa: ASYNC110
-            await trio.sleep(interval)
-    return value
 
 
 def submit(pool, worker_type: str, name: str, seconds: float = 0.0) -> int:

@@ -464,8 +464,9 @@ def job_counts(conn: sqlite3.Connection, session: str | None = None) -> dict[str
     else:
         rows = conn.execute(
             "SELECT status, count(*) FROM jobs WHERE"
-            " worker_id IN (SELECT id FROM workers WHERE session_id = ?)"
-            " OR (status = 'pending' AND job_type IN (SELECT worker_type FROM workers WHERE session_id = ?))"
+            f" worker_id IN (SELECT id FROM workers WHERE {running_session_sql()} = ?)"
+            " OR (status = 'pending' AND job_type IN"
+            f" (SELECT worker_type FROM workers WHERE {running_session_sql()} = ?))"
             " GROUP BY status",
             (session, session),
         )
