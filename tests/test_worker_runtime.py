@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+import clm_workers
 from clm_workers import schema
 from clm_workers.sim import CRASH_MESSAGE
 from clm_workers.worker import Job, WorkerContext
@@ -29,6 +30,9 @@ T = TypeVar("T")
 
 #: A killed manager must leave no worker alive after this long.
 LIFELINE_BOUND = 2.0
+#: For workers that import the test modules (workers_for_tests) and this clm_workers.
+TESTS_PATH = os.pathsep.join([str(Path(__file__).resolve().parent),
+                              str(Path(clm_workers.__file__).resolve().parent.parent)])
 
 
 # ------------------------------------------------------------------ database helpers
@@ -696,6 +700,28 @@ def test_lifeline_closed_during_a_job_kills_the_job_s_child_too(
     lifeline.cut()
     assert worker.wait_exit(LIFELINE_BOUND + 2) == 70
     wait_until(lambda: not process_alive(child), LIFELINE_BOUND, "the job's child to go")
+    assert job_status(db, job_id) == "pending"
+
+
+def test_a_job_whose_child_the_launcher_killed_goes_back_though_the_parent_lives(
+    workers: Workers, db: Path, workspace: Path, lifeline: Lifeline
+):
+    """Through the launcher, with the lifeline cut while its parent lives (a manager closing its
+    executors; or one that died, before the kernel gave the worker a new parent): the launcher kills
+    the job's child before the runtime hears of the lifeline (the launcher stalls there: see
+    workers_for_tests.stalling_launcher), and the job is not failed for it."""
+    read_end = lifeline.read_end
+    (workspace / "in.txt").write_text("x")
+    job_id = add_job(db, "in.txt", "out.txt", payload={"child_seconds": 60})
+    worker = workers.spawn(
+        pass_fds=(read_end,), argv=("-m", "clm_workers.launch", "workers_for_tests.stalling_launcher"),
+        own_group=True, CLM_LIFELINE_FD=str(read_end), PYTHONPATH=TESTS_PATH,
+    )
+    wait_until(lambda: job_status(db, job_id) == "processing", what="the claim")
+    child = wait_until(lambda: children_of(worker.proc.pid), 10, "the job's child process")[0]
+    lifeline.cut()
+    assert worker.wait_exit(LIFELINE_BOUND + 2) == 70
+    assert not process_alive(child)
     assert job_status(db, job_id) == "pending"
 
 

@@ -120,8 +120,15 @@ def _wait_for_eof(lifelines: list[int]) -> None:
             return
 
 
+#: Set once a lifeline reached EOF, before the launcher kills anything: clm-workers'
+#: runtime (in this process) tells by it that its job's processes died of the
+#: manager's death, not of the job, even before the inner lifeline closes.
+MANAGER_GONE = threading.Event()
+
+
 def _watch(lifelines: list[int], inner_write: int) -> None:
     _wait_for_eof(lifelines)
+    MANAGER_GONE.set()
     me, group = os.getpid(), os.getpgrp()
     _kill_descendants(me)  # first: a module that exits on the inner lifeline's EOF would leave them
     os.close(inner_write)
@@ -146,4 +153,8 @@ def _signal_group(group: int, sig: signal.Signals) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # As clm_workers.launch, not __main__: the worker's module replaces __main__,
+    # and clm-workers' runtime finds MANAGER_GONE under the module's own name.
+    from clm_workers.launch import main as launch
+
+    launch(sys.argv[1:])

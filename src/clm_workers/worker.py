@@ -334,6 +334,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, positive: boo
     return value
 
 
+def _launcher_saw_the_manager_go() -> bool:
+    """Whether :mod:`clm_workers.launch`, if it runs this process, saw a lifeline end."""
+    launcher = sys.modules.get("clm_workers.launch")
+    gone = getattr(launcher, "MANAGER_GONE", None)
+    return isinstance(gone, threading.Event) and gone.is_set()
+
+
 def _lifeline_fd(text: str) -> int:
     try:
         fd = int(text)
@@ -643,11 +650,15 @@ class _Runtime:
         """Whether the manager is gone, looking for ourselves (the lifeline's thread may not have yet).
 
         A launcher kills the job's processes, then closes the lifeline; the
-        handler may fail of the first before the second.  But by then the
-        manager, this process's parent, has died: the process has a new parent.
+        handler may fail of the first before the second, and before the
+        kernel gives this process its new parent (a dying manager's files
+        close first).  The launcher says so before it kills
+        (:data:`clm_workers.launch.MANAGER_GONE`, in this process).
         """
         fd = self.cfg.lifeline_fd
-        if self.parent_died_at is None and fd is not None and os.getppid() != self._parent:
+        if self.parent_died_at is None and fd is not None and (
+            os.getppid() != self._parent or _launcher_saw_the_manager_go()
+        ):
             self.request_stop("parent_died")
         if self.parent_died_at is None and fd is not None:
             import select  # deferred: only a failed job asks
