@@ -394,6 +394,49 @@ def test_more_ctrl_c_during_the_cleanup_of_start_pools_do_not_abandon_it(tmp_pat
         kill_sessions([session])
 
 
+def test_a_ctrl_c_in_a_collector_callback_during_start_pools_is_not_lost(tmp_path):
+    """The SIGINT arrives while a weakref callback runs, inside start_pools' own tasks.
+
+    Python ignores an exception raised in such a callback ("Exception ignored
+    in: ... WeakSet ..."), so a ``KeyboardInterrupt`` raised there is lost.
+    start_pools takes a Ctrl-C at its next checkpoint instead: it is raised,
+    and the cleanup leaves nothing.  (A progress callback frees an object with
+    a weakref callback that sends the SIGINT, so the signal always lands there.)
+    """
+    db = tmp_path / "jobs.db"
+    proc = manager_process(tmp_path, """
+        import os, weakref
+        class Garbage:
+            pass
+        sent = []
+        def on_progress(event):
+            if event.kind == "registered" and not sent:
+                sent.append(True)
+                garbage = Garbage()
+                ref = weakref.ref(garbage, lambda _: os.kill(os.getpid(), signal.SIGINT))
+                del garbage
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 1, 0), sim("plantuml", 4, 1.0)])
+        say(event="session", session=manager.session_id)
+        try:
+            trio.run(lambda: manager.start_pools(on_progress=on_progress))
+            say(event="started", running=manager.running)
+            trio.run(manager.stop_pools)
+        except BaseException as exc:
+            say(event="raised", type=type(exc).__name__, running=manager.running)
+    """)
+    lines = Lines(proc)
+    session = ""
+    try:
+        session = lines.next(15)["session"]
+        outcome = lines.next(30)
+        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
+        assert session_processes(session) == []
+        assert live_rows(db, session) == []
+    finally:
+        end_process(proc)
+        kill_sessions([session])
+
+
 def test_ctrl_c_during_stop_pools_does_not_abandon_the_stop(tmp_path):
     """A SIGINT while stop_pools waits for two busy workers: the stop completes, then KeyboardInterrupt."""
     db = tmp_path / "jobs.db"

@@ -172,6 +172,7 @@ class WorkerPoolManager:
         """The workers this manager has started and not stopped (registered or not), now."""
         return self._live.snapshot()
 
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C comes at a checkpoint: see clm_workers.startup
     async def start_pools(self, *, on_progress: ProgressCallback | None = None) -> StartupReport:
         """Start every configured worker at once and wait for their registrations.
 
@@ -182,7 +183,8 @@ class WorkerPoolManager:
 
         Cancellation and ``KeyboardInterrupt``: pending starts are cancelled,
         started workers are stopped (shielded, bounded), then the exception
-        propagates.
+        propagates.  A Ctrl-C is taken at a checkpoint, never in the middle of
+        this code (:func:`clm_workers.startup.start_workers`).
         """
         if self._backend is not None:
             raise RuntimeError("start_pools() was already called; call stop_pools() first")

@@ -196,12 +196,14 @@ class PoolMonitor:
         """Worker types whose restarts were stopped, with the reason."""
         return self.tracker.flapping
 
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C comes at a checkpoint: see clm_workers.startup
     async def run(self) -> None:
         """Watch the pool until cancelled.
 
         Cancellation: the way to stop it; pending replacements are cancelled
         with it (a replacement in the middle of starting is cleaned up by the
         startup engine), workers already running are left to the caller's stop.
+        ``KeyboardInterrupt``: protected; Trio raises it in the main task.
         """
         async with trio.open_nursery() as self._replacements:
             async for _ in periodic(self.settings.interval):

@@ -44,6 +44,7 @@ _MAX_WAIT_FACTOR = 10.0
 _MIN_DEADLINE_STEP = 0.1
 
 
+@trio.lowlevel.enable_ki_protection
 async def start_workers(
     specs: Sequence[WorkerSpec],
     backend: StartupBackend,
@@ -65,6 +66,14 @@ async def start_workers(
     Cancellation: an outside cancellation or ``KeyboardInterrupt`` cancels all
     pending starts, stops every worker already started (shielded, bounded by
     ``settings.stop_bound``) and then propagates.
+
+    ``KeyboardInterrupt`` is taken at a checkpoint: this function and every
+    task it starts are protected (``trio.lowlevel.enable_ki_protection``),
+    so Trio raises a Ctrl-C in the main task where it waits, never in the
+    middle of the engine's code or of a callback that runs in it.  Raised
+    anywhere, it could land in a weakref callback or a finaliser of the
+    collector, where Python prints it and drops it: the start would go on
+    as if no Ctrl-C had come.
     """
     run = _StartupRun(backend, settings, owner, on_progress, announce)
     return await run.start(specs)
@@ -158,6 +167,7 @@ class _StartupRun:
         except Exception as exc:
             log.warning("could not record %s: %s", events[-1].event_type if events else "events", exc)
 
+    @trio.lowlevel.enable_ki_protection
     async def _stop_early_if_cancelled(self) -> None:
         """On a fatal error or an outside cancellation, SIGTERM this run's workers at once.
 
@@ -187,6 +197,7 @@ class _StartupRun:
 
     # -- one worker ----------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def _start_one(self, spec: WorkerSpec) -> None:
         if self.settings.slot_mode == "registration":
             async with self._limiter:

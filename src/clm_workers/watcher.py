@@ -66,11 +66,13 @@ class RegistrationWatcher:
         assert waiter.outcome is not None
         return waiter.outcome
 
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C comes at a checkpoint: see clm_workers.startup
     async def run(self) -> None:
         """Poll until cancelled.  Errors go to ``on_error`` (fatal) and end the loop.
 
         Cancellation: the normal way to stop it; a poll in flight completes
-        in its thread and its result is dropped.
+        in its thread and its result is dropped.  ``KeyboardInterrupt``:
+        protected; Trio raises it in the main task.
         """
         try:
             async for _ in periodic(self._interval):
