@@ -356,6 +356,13 @@ async def test_a_replacement_that_fails_leaves_the_running_pool_alone(tmp_path, 
 # -- Ctrl-C twice (or more) in CLM's library path -------------------------------------------
 
 
+def assert_interrupted_leaving_nothing(outcome: dict, db: Path, session: str) -> None:
+    """start_pools raised one KeyboardInterrupt, and its cleanup left no process and no live row."""
+    assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
+    assert session_processes(session) == []
+    assert live_rows(db, session) == []
+
+
 def test_more_ctrl_c_during_the_cleanup_of_start_pools_do_not_abandon_it(tmp_path):
     """Three SIGINTs: one while 8 workers boot, two more while the cleanup waits out their grace."""
     reports = tmp_path / "reports"
@@ -386,9 +393,7 @@ def test_more_ctrl_c_during_the_cleanup_of_start_pools_do_not_abandon_it(tmp_pat
         # Still the one exception a Ctrl-C makes, and the cleanup finished: it killed
         # every worker (they ignore SIGTERM) and released every row, before the child
         # exits (whose lifeline would end the workers anyway).
-        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
-        assert session_processes(session) == []
-        assert live_rows(db, session) == []
+        assert_interrupted_leaving_nothing(outcome, db, session)
     finally:
         end_process(proc)
         kill_sessions([session])
@@ -429,9 +434,7 @@ def test_a_ctrl_c_in_a_collector_callback_during_start_pools_is_not_lost(tmp_pat
     try:
         session = lines.next(15)["session"]
         outcome = lines.next(30)
-        assert outcome == {"event": "raised", "type": "KeyboardInterrupt", "running": 0}, outcome
-        assert session_processes(session) == []
-        assert live_rows(db, session) == []
+        assert_interrupted_leaving_nothing(outcome, db, session)
     finally:
         end_process(proc)
         kill_sessions([session])
