@@ -173,6 +173,7 @@ def test_the_worker_module_and_readers_of_a_worker_s_own_variables_run_afresh_th
         assert report["worker_id_at_import"] == spec.executor_id  # not the template's (none)
         assert report["settings_imported_by"] == handle.pid  # it looked up WORKER_ID: afresh
         assert report["heavy_imported_by"] == report["preloaded_by"] == template  # imported once
+        assert report["gc_enabled"]  # the template's is off; a worker's is on
     assert len({r["random"] for r in reports}) == 3, "random must be reseeded in each worker"
 
 

@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import random
@@ -12,6 +13,7 @@ with open(path + ".tmp", "w") as f:
         "shared_at_import": settings.SHARED_AT_IMPORT, "worker_id_at_import": settings.WORKER_ID_AT_IMPORT,
         "settings_imported_by": settings.IMPORTED_BY, "heavy_imported_by": heavy.IMPORTED_BY,
         "preloaded_by": preloaded.IMPORTED_BY, "pid": os.getpid(), "random": random.random(),
+        "gc_enabled": gc.isenabled(),
     }, f)
 os.replace(path + ".tmp", path)
 sleeper.main()
