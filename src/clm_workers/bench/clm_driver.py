@@ -49,9 +49,14 @@ def main(argv: list[str]) -> None:
         # What CLM's own process has imported already when it calls clm-workers.
         installed = installed_clm()
         _ = installed.modules, installed.worker_settings
+        # What CLM's worker imports before it registers, as CLM's start and a spawn
+        # do: the same work for all three (a pool's default adds imports of the
+        # first job, which none of them has done when its workers are idle).
+        preload = installed.generation.preload.get("notebook") if strategy == "forkserver" else None
         say(t0=time.time())
         manager = WorkerPoolManager(
-            db, workspace, [WorkerConfig("notebook", count, start_method=strategy)],  # type: ignore[arg-type]
+            db, workspace, [WorkerConfig("notebook", count, start_method=strategy,  # type: ignore[arg-type]
+                                         preload=preload)],
             max_startup_concurrency=concurrency, registration_timeout=120.0, log_level="WARNING",
             cache_db_path=cache, log_dir=db.parent / "logs",
         )

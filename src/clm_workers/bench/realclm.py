@@ -8,7 +8,9 @@ fresh process of its own (:mod:`.clm_driver`) on a fresh CLM database:
   pre-registration, ``python -m clm.workers.notebook`` per worker);
 * ``spawn``: clm-workers' ``WorkerPoolManager`` (``start_method="spawn"``);
 * ``forkserver``: the same with ``start_method="forkserver"`` (its
-  template's start and preload included).
+  template's start and preload included), preloading what CLM's worker
+  imports before it registers: at all-idle every strategy's workers have
+  imported the same (a pool's default preload may add the first job's).
 
 Every run is timed the same way: from the driver's ``t0`` (just before it
 makes its manager) until a separate observer process, polling the
