@@ -441,43 +441,57 @@ def test_ctrl_c_during_stop_pools_does_not_abandon_the_stop(tmp_path):
 # -- a manager that dies while its workers are busy -------------------------------------------
 
 
-def test_busy_workers_of_a_killed_manager_leave_no_child_and_give_every_job_back(tmp_path):
-    """24 workers, each running a job with a child process (as a kernel): the manager is SIGKILLed.
+@pytest.mark.parametrize(("payload", "processes"), [
+    pytest.param({"child_seconds": 120}, 48, id="child"),
+    # The handler sleeps in the worker's own code: no worker's main loop can stop, so
+    # every worker gives up on it at the same moment, and each release is a write.
+    pytest.param({"seconds": 120}, 24, id="deaf-handler"),
+])
+def test_busy_workers_of_a_killed_manager_leave_no_child_and_give_every_job_back(tmp_path, payload,
+                                                                                   processes):
+    """24 workers, each running a job (with a child process, as a kernel, or a handler that
+    cannot be interrupted): the manager is SIGKILLed.
 
     Every worker and child is gone within 2 s, and every job is back in the queue: all
-    24 workers give their job back at the same moment, and each release must get through.
+    24 workers give their job back at the same moment, and each release must get through
+    (``test_worker_runtime`` has them wait for a locked database).
     """
     db = tmp_path / "jobs.db"
-    proc = manager_process(tmp_path, """
+    proc = manager_process(tmp_path, f"""
         manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 24, 0)])
         trio.run(manager.start_pools)
         for i in range(24):
-            (tmp / f"in{i}").write_text("x")
-            manager.registry.submit_job("notebook", f"in{i}", f"out{i}", {"child_seconds": 120})
+            (tmp / f"in{{i}}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {payload!r})
         say(event="started", session=manager.session_id, running=manager.running)
         trio.run(trio.sleep_forever)
     """)
     lines = Lines(proc)
     session = ""
+    conn: sqlite3.Connection | None = None
     try:
         started = lines.next(120)
         session = started["session"]
         assert started["running"] == 24
-        # Each worker and its job's child: 48 processes of the session.
-        wait_until(lambda: len(session_processes(session)) == 48, 60, "24 jobs with a child each")
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        # Each worker, and its job's child if it has one.
+        wait_until(lambda: len(session_processes(session)) == processes, 60, "24 workers busy")
+        processing = "SELECT count(*) FROM jobs WHERE status = 'processing'"
+        wait_until(lambda: conn.execute(processing).fetchone()[0] == 24, 30, "24 jobs claimed")
         proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         proc.wait(5)
         wait_until(lambda: not session_processes(session), 15, "the workers and their children to go",
                    interval=0.02)
         gone_after = time.monotonic() - killed_at
-        with sqlite3.connect(db, timeout=30) as conn:
-            jobs = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
-        print(f"all 48 processes gone {gone_after:.2f} s after the SIGKILL; jobs: {jobs}")
+        jobs = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+        print(f"all {processes} processes gone {gone_after:.2f} s after the SIGKILL; jobs: {jobs}")
         assert gone_after <= 2.0
         assert jobs == {"pending": 24}, jobs
         assert live_rows(db, session) == []
     finally:
+        if conn is not None:
+            conn.close()
         end_process(proc)
         kill_sessions([session] if session else [])
 
@@ -512,3 +526,61 @@ def test_a_running_manager_releases_what_a_dead_manager_left(tmp_path):
     finally:
         trio.run(manager.stop_pools)
     assert session_processes(manager.session_id) == []
+
+
+def test_a_running_manager_releases_the_jobs_of_a_manager_killed_with_its_workers(tmp_path):
+    """Manager A and its 6 busy workers are SIGKILLed at once (nobody left to give a job back).
+
+    Manager B, running on the same database (with workers of another type, so that
+    none takes the jobs again), releases A's rows and jobs from its monitor once A's
+    lease has expired: within the lease and one sweep interval, give or take a tick.
+    """
+    db = tmp_path / "jobs.db"
+    lease_ttl, sweep = 2.0, 0.5
+    proc = manager_process(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 6, 0)], lease_ttl={lease_ttl})
+        trio.run(manager.start_pools)
+        for i in range(6):
+            (tmp / f"in{{i}}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {{"seconds": 120}})
+        say(event="started", session=manager.session_id, running=manager.running)
+        trio.run(trio.sleep_forever)
+    """)
+    lines = Lines(proc)
+    dead = ""
+    other = WorkerPoolManager(db, tmp_path, [sim("plantuml", 1, 0)])
+    try:
+        started = lines.next(60)
+        dead = started["session"]
+        assert started["running"] == 6
+
+        def jobs() -> dict[str, int]:
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
+                return dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+
+        wait_until(lambda: jobs() == {"processing": 6}, 30, "A's 6 workers busy with a job each")
+        trio.run(other.start_pools)
+        other.start_monitoring(MonitorSettings(interval=0.1, dead_session_sweep=sweep))
+        # Frozen first, so that no worker sees its lifeline close (and gives its job back)
+        # and the manager sees no worker die: then killed, all of them.
+        victims = [proc.pid, *session_processes(dead)]
+        for pid in victims:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(5)
+        wait_until(lambda: not session_processes(dead), 5, "A's workers to be gone")
+        assert jobs() == {"processing": 6}, "nobody of A's may have given a job back"
+        wait_until(lambda: jobs() == {"pending": 6}, lease_ttl + sweep + 5,
+                   "B to give A's jobs back to the queue", interval=0.05)
+        released_after = time.monotonic() - killed_at
+        print(f"A's 6 jobs back in the queue {released_after:.2f} s after the SIGKILL")
+        assert live_rows(db, dead) == []
+        assert {status for _, status in rows_by_id(db, dead).values()} == {"dead"}
+    finally:
+        end_process(proc)
+        kill_sessions([dead] if dead else [])
+        if other.running:
+            trio.run(other.stop_pools)
+    assert session_processes(other.session_id) == []
