@@ -86,10 +86,11 @@ def manager_process(tmp_path: Path, body: str, start_method: str = "spawn") -> s
         def say(**message):
             print(json.dumps(message), flush=True)
         def sim(worker_type, count, boot):
-            preload = ("clm_workers.worker",) if START_METHOD == "forkserver" else None
+            # Spawn is the default start method: such a pool is written the way any caller writes it.
+            fork = {} if START_METHOD == "spawn" else {"start_method": START_METHOD,
+                                                        "preload": ("clm_workers.worker",)}
             return WorkerConfig(worker_type, count, module="clm_workers.sim",
-                                env={"CLM_SIM_BOOT_DELAY": str(boot)},
-                                start_method=START_METHOD, preload=preload)
+                                env={"CLM_SIM_BOOT_DELAY": str(boot)}, **fork)
     """) + textwrap.dedent(body))
     return subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), start_method],
