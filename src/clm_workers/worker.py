@@ -644,10 +644,14 @@ class _Runtime:
 
         A launcher kills the job's processes, then closes the lifeline; the
         handler may fail of the first before the second.  But by then the
-        manager, this process's parent, has died: the process has a new parent.
+        manager, this process's parent, has died: the process has a new parent,
+        or is about to (the kernel closes a dying process's files, the lifeline
+        among them, before it gives its children a new parent: in between the
+        parent is still ours, exiting).
         """
         fd = self.cfg.lifeline_fd
-        if self.parent_died_at is None and fd is not None and os.getppid() != self._parent:
+        if self.parent_died_at is None and fd is not None and (
+                os.getppid() != self._parent or _exiting(self._parent)):
             self.request_stop("parent_died")
         if self.parent_died_at is None and fd is not None:
             import select  # deferred: only a failed job asks
@@ -1040,6 +1044,20 @@ _REASONS = {
     "lease_expired": "the manager is gone: its session lease expired",
     "row_deleted": "the worker's row was deleted",
 }
+
+
+#: ``PF_EXITING`` in the flags of /proc/PID/stat: the kernel has begun to end the process.
+_PF_EXITING = 0x4
+
+
+def _exiting(pid: int) -> bool:
+    """Whether ``pid`` is gone, a zombie, or has begun to exit."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 def _kill_own_tree() -> None:
