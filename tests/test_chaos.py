@@ -86,10 +86,11 @@ def manager_process(tmp_path: Path, body: str, start_method: str = "spawn") -> s
         def say(**message):
             print(json.dumps(message), flush=True)
         def sim(worker_type, count, boot):
-            preload = ("clm_workers.worker",) if START_METHOD == "forkserver" else None
+            # Spawn is the default start method: such a pool is written the way any caller writes it.
+            fork = {} if START_METHOD == "spawn" else {"start_method": START_METHOD,
+                                                        "preload": ("clm_workers.worker",)}
             return WorkerConfig(worker_type, count, module="clm_workers.sim",
-                                env={"CLM_SIM_BOOT_DELAY": str(boot)},
-                                start_method=START_METHOD, preload=preload)
+                                env={"CLM_SIM_BOOT_DELAY": str(boot)}, **fork)
     """) + textwrap.dedent(body))
     return subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), start_method],
@@ -558,3 +559,63 @@ def test_a_running_manager_releases_what_a_dead_manager_left(tmp_path):
     finally:
         trio.run(manager.stop_pools)
     assert session_processes(manager.session_id) == []
+
+
+def test_a_running_manager_releases_the_jobs_of_a_manager_killed_with_its_workers(tmp_path):
+    """Manager A and its 6 busy workers are SIGKILLed at once (nobody left to give a job back).
+
+    Manager B, running on the same database (with workers of another type, so that
+    none takes the jobs again), releases A's rows and jobs from its monitor once A's
+    lease has expired: within the lease and one sweep interval, give or take a tick.
+    """
+    db = tmp_path / "jobs.db"
+    lease_ttl, sweep = 2.0, 0.5
+    proc = manager_process(tmp_path, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 6, 0)], lease_ttl={lease_ttl})
+        trio.run(manager.start_pools)
+        for i in range(6):
+            (tmp / f"in{{i}}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {{"seconds": 120}})
+        say(event="started", session=manager.session_id, running=manager.running)
+        trio.run(trio.sleep_forever)
+    """)
+    lines = Lines(proc)
+    dead = ""
+    other = WorkerPoolManager(db, tmp_path, [sim("plantuml", 1, 0)])
+    try:
+        started = lines.next(60)
+        dead = started["session"]
+        assert started["running"] == 6
+
+        def jobs() -> dict[str, int]:
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
+                return dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+
+        wait_until(lambda: jobs() == {"processing": 6}, 30, "A's 6 workers busy with a job each")
+        trio.run(other.start_pools)
+        other.start_monitoring(MonitorSettings(interval=0.1, dead_session_sweep=sweep))
+        # Frozen first, so that no worker sees its lifeline close (and gives its job back)
+        # and the manager sees no worker die: then killed, all of them.
+        victims = [proc.pid, *session_processes(dead)]
+        for pid in victims:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # A stays a zombie until its parent (this test) reaps it, as any parent may take its
+        # time to: a zombie manager is a dead one.
+        wait_until(lambda: not session_processes(dead), 5, "A's workers to be gone")
+        assert jobs() == {"processing": 6}, "nobody of A's may have given a job back"
+        wait_until(lambda: jobs() == {"pending": 6}, lease_ttl + sweep + 5,
+                   "B to give A's jobs back to the queue", interval=0.05)
+        released_after = time.monotonic() - killed_at
+        proc.wait(5)
+        print(f"A's 6 jobs back in the queue {released_after:.2f} s after the SIGKILL")
+        assert live_rows(db, dead) == []
+        assert {status for _, status in rows_by_id(db, dead).values()} == {"dead"}
+    finally:
+        end_process(proc)
+        kill_sessions([dead] if dead else [])
+        if other.running:
+            trio.run(other.stop_pools)
+    assert session_processes(other.session_id) == []

@@ -5,9 +5,11 @@ manager was killed; and how long the logs are kept.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
@@ -96,6 +98,26 @@ def test_logs_survive_a_killed_manager_and_a_chosen_log_dir(tmp_path):
     elsewhere = clm_workers("logs", "notebook#0", "--log-dir", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert elsewhere.returncode == 1
     assert "clm-workers: no log for notebook#0 (row 1): " in elsewhere.stderr
+
+
+def test_a_killed_manager_leaves_no_log_folder_in_the_temp_folder(tmp_path):
+    """The default log folder is beside the database, where the next manager prunes it: a manager
+    killed with SIGKILL, which cleans up nothing, leaves no ``clm-workers-*`` folder in /tmp."""
+    temp = Path(tempfile.gettempdir())
+    write_config(tmp_path, sim_pools(notebook=1, plantuml=0))
+    start = StartProcess(tmp_path)
+    try:
+        start.wait_for_output("clm-workers: running")
+        session = session_of(tmp_path / "jobs.db")
+        os.kill(start.popen.pid, signal.SIGKILL)
+        start.wait()
+    finally:
+        start.kill()
+    left = list(temp.glob(f"clm-workers-{session[:8]}*"))
+    for folder in left:
+        shutil.rmtree(folder)
+    assert left == [], "a killed manager left its log folder in the temp folder"
+    assert list((tmp_path / "jobs.db.logs" / session).glob("direct-notebook-0-*.log"))
 
 
 def test_a_stopping_manager_keeps_the_newest_sessions_logs_and_every_live_ones(tmp_path):

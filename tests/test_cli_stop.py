@@ -266,10 +266,10 @@ def test_stop_removes_the_containers_a_killed_manager_left(tmp_path, when):
             wait_until(lambda: statuses(tmp_path / "jobs.db") == ["dead", "dead"], 10, "their rows dead")
 
         result = clm_workers("stop", "--db", str(tmp_path / "jobs.db"), "--json")
+        assert client.containers.list(all=True, filters=label) == [], result.stderr
         assert result.returncode == 0, result.stderr
         [cleaned] = json.loads(result.stdout)["sessions"]
         assert cleaned["outcome"] == "cleaned" and len(cleaned["containers_removed"]) == 2
-        assert client.containers.list(all=True, filters=label) == []
         assert statuses(tmp_path / "jobs.db") == ["dead", "dead"]
     finally:
         start.kill()
@@ -323,8 +323,8 @@ def test_stop_never_signals_a_process_a_session_row_merely_names(tmp_path, stran
         session = uuid.uuid4().hex
         _session_row(db, session, victim.pid, proc_start=start_stamp(victim.pid) if exact_start else None)
         result = clm_workers("stop", "--db", str(db), "--timeout", "2", "--json")
+        assert victim.poll() is None, f"stop signalled {stranger} (pid {victim.pid}): {result.stderr}"
         assert result.returncode == 1, result.stderr
-        assert victim.poll() is None, f"stop signalled {stranger} (pid {victim.pid})"
         [refused] = json.loads(result.stdout)["sessions"]
         assert refused["signals"] == [] and refused["outcome"] == "not_stopped"
         assert f"cannot prove that pid {victim.pid} is its manager" in result.stderr
@@ -363,17 +363,20 @@ def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
 
 
 def test_stop_with_an_empty_session_is_bad_input(tmp_path):
-    db = tmp_path / "jobs.db"
-    session = uuid.uuid4().hex
-    manager = fake_manager(db, session, socket.gethostname())
+    """``--session ""`` names no session: refused, rather than taken as the prefix of every one."""
+    write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
+    start = StartProcess(tmp_path)
     try:
-        empty = clm_workers("stop", "--db", str(db), "--session", "")
+        start.wait_for_output("clm-workers: running")
+        empty = clm_workers("stop", "--db", str(tmp_path / "jobs.db"), "--session", "")
+        assert start.popen.poll() is None, f"--session '' stopped a pool: {empty.stderr}"
         assert empty.returncode == 2, empty.stderr
         assert "--session: '' is not allowed; expected a session id or its first characters" in empty.stderr
-        assert alive(manager.pid) and statuses(db) == ["idle"]
+        assert statuses(tmp_path / "jobs.db") == ["idle", "idle"]
+        start.popen.send_signal(signal.SIGTERM)
+        assert start.wait() == 0
     finally:
-        manager.kill()
-        manager.wait()
+        start.kill()
 
 
 def test_stop_needs_only_the_database_of_a_workers_toml_with_a_typo(tmp_path):

@@ -551,6 +551,34 @@ def test_lifeline_closed_during_a_job_requeues_it(
     assert status_of(db, row_id) == "dead"
 
 
+def test_every_worker_of_a_dead_manager_gives_its_job_back_through_a_busy_database(
+    workers: Workers, db: Path, workspace: Path, lifeline: Lifeline
+):
+    """24 workers lose their manager at once, in a handler that cannot be interrupted, while
+    another process holds the write lock for 2 s: each retries its release until it gets
+    through, within its bound, and then exits."""
+    count, locked_for = 24, 2.0
+    read_end = lifeline.read_end
+    (workspace / "in.txt").write_text("x")
+    jobs = [add_job(db, "in.txt", f"out{i}.txt", payload={"seconds": 120}) for i in range(count)]
+    started = [workers.spawn(pass_fds=(read_end,), CLM_LIFELINE_FD=str(read_end),
+                             WORKER_ID=f"direct-sim-{i}-test") for i in range(count)]
+    wait_until(lambda: query(db, "SELECT count(*) FROM jobs WHERE status = 'processing'")[0][0] == count,
+               30, "every job claimed")
+    blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        lifeline.cut()
+        time.sleep(locked_for)  # the chaos: the database stays locked this long
+        assert [w.proc.poll() for w in started] == [None] * count, "a worker left without its release"
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    assert [w.wait_exit(5) for w in started] == [70] * count
+    assert [job_status(db, job) for job in jobs] == ["pending"] * count
+    assert query(db, "SELECT DISTINCT status FROM workers") == [("dead",)]
+
+
 # ------------------------------------------------------------------ heartbeat
 
 

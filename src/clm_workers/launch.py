@@ -31,10 +31,11 @@ treats the template's death the same way.  The launcher then
    itself included.
 
 Most workers are gone after step 2 or 3 (CLM's within a second).  Step 4
-waits for as long as clm-workers' runtime may take to give its job back when
-every worker of the dead manager does so at once (1 s for the job, then up
-to 5 s for the database, ``clm_workers.worker``): killed earlier, a worker
-would leave its job ``processing``.
+bounds how long an orphan may live (2 s) rather than how long clm-workers'
+runtime may wait for the database to take its job back (1 s for the job,
+then up to 5 s, ``clm_workers.worker``): a worker killed while it waits
+leaves its job ``processing``, and a running manager's sweep of dead
+sessions (or the next start) gives it back.
 
 Standard library only (every worker pays for its boot; the descendants are
 found in ``/proc`` by :mod:`clm_workers.orphans`, not psutil, whose import

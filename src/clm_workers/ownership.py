@@ -37,12 +37,16 @@ def start_stamp(pid: int | str = "self") -> str | None:
     """``<boot id>:<start time in clock ticks>`` of a process; ``None`` when it is gone or unreadable.
 
     The pair names one process for the life of the machine: a pid is reused,
-    a pid with its start tick on one boot is not.
+    a pid with its start tick on one boot is not.  A zombie (state ``Z``,
+    or ``X``) is gone: it has died, and only waits for its parent to reap it,
+    which a parent that started a manager may take its time to do.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
         return None
     return f"{boot}:{fields[19]}"
 
