@@ -14,6 +14,7 @@ import pytest
 from clm_workers.bench.machine import StartCosts, describe_machine
 from clm_workers.bench.model import STRATEGIES, RunResult, Scenario
 from clm_workers.bench.output import BEGIN, END, write_outputs
+from clm_workers.bench.procstat import process_cpu_seconds
 from clm_workers.bench.runner import BenchOptions, BenchResult, plan_runs, with_scenarios
 from clm_workers.bench.summary import bounds, check_targets, percentile, summarise
 
@@ -168,3 +169,25 @@ def test_rewriting_the_report_keeps_the_hand_written_text(tmp_path):
     assert "old figures" not in text and "| `threadpool` |" in text
     assert text.endswith(f"{END}\n\n## Analysis below\n")
     assert json.loads((tmp_path / "benchmarks.json").read_text())["cells"][0]["workers"] == 32
+
+
+def test_process_cpu_counts_every_thread_finer_than_a_clock_tick():
+    """A forked worker's 10-20 ms must not read as 0.01 or 0.02: the bound is made of them."""
+    code = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    end = time.thread_time() + 0.2\n"
+        "    while time.thread_time() < end: pass\n"
+        "t = threading.Thread(target=spin); t.start(); t.join(0)\n"
+        "spin(); t.join(); print('spun', flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "spun\n"
+        seconds = process_cpu_seconds(child.pid)
+        assert seconds is not None and seconds >= 0.4  # both threads' 0.2 s
+        assert round(seconds * 100, 6) != round(seconds * 100)  # not a whole number of 10 ms ticks
+    finally:
+        child.kill()
+        child.wait()
+    assert process_cpu_seconds(child.pid) is None

@@ -148,21 +148,32 @@ def test_a_forked_worker_leads_its_own_group_with_its_own_environment_cwd_and_de
     assert "sleeper ready" in executor.output_tail(handles[0])
 
 
-def test_the_worker_module_runs_afresh_in_each_worker_and_its_dependencies_stay_preloaded(
-    executor: Tracking, dirs: Dirs
+def test_the_worker_module_and_readers_of_a_worker_s_own_variables_run_afresh_the_rest_stays_preloaded(
+    executor: Tracking, dirs: Dirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A module that reads its settings at import time (as CLM's do) sees each worker's own."""
-    specs = [forked_spec(ENVWORKER, i, preload=(ENVWORKER,)) for i in range(3)]
+    """A module that reads its settings at import time (as CLM's do) sees each worker's own values.
+
+    The pool's variables the template has too; a worker's own (its id) the
+    template does not, so the module that looked one up is imported again in
+    each worker.  Nothing else is: the heavy module of the worker's own
+    package stays the template's.
+    """
+    monkeypatch.setenv("CLM_TEST_SHARED", "the pool's")
+    package = f"{ENVWORKER}.settings", f"{ENVWORKER}.heavy"
+    specs = [forked_spec(ENVWORKER, i, preload=(*package, "workers_for_tests.preloaded")) for i in range(3)]
     handles = [executor.start(spec) for spec in specs]
     template = template_pid(executor)
     reports = []
     for spec, handle in zip(specs, handles, strict=True):
         path = dirs.reports / f"{spec.executor_id}.import.json"
         wait_until(path.exists, 5, f"the import report of {spec.label}")
-        reports.append(json.loads(path.read_text()))
-        assert reports[-1]["worker_id_at_import"] == spec.executor_id  # not the template's (none)
-        assert reports[-1]["preloaded_by"] == template  # imported once, in the template
-        assert reports[-1]["pid"] == handle.pid
+        report = json.loads(path.read_text())
+        reports.append(report)
+        assert report["pid"] == handle.pid and parent_of(handle.pid) == template
+        assert report["shared_at_import"] == "the pool's"
+        assert report["worker_id_at_import"] == spec.executor_id  # not the template's (none)
+        assert report["settings_imported_by"] == handle.pid  # it looked up WORKER_ID: afresh
+        assert report["heavy_imported_by"] == report["preloaded_by"] == template  # imported once
     assert len({r["random"] for r in reports}) == 3, "random must be reseeded in each worker"
 
 

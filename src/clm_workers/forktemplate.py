@@ -1,6 +1,6 @@
 """A fork server's template: import a worker's dependencies once, fork a worker per request.
 
-``python -m clm_workers.forktemplate --control FD --preload MODULE[,MODULE...]``
+``python -m clm_workers.forktemplate --control FD [--preload MODULE[,...]] [--per-worker NAME[,...]]``
 
 Started by :class:`clm_workers.executors.forkserver.ForkServerExecutor`, one
 template per worker module (and environment).  The template imports the
@@ -13,11 +13,16 @@ have been: its own session and process group, its own log file as stdout and std
 stdin from ``/dev/null``, the working folder and the whole environment of the
 request, every other inherited descriptor closed, ``random`` reseeded; then
 the lifeline keeper of :mod:`clm_workers.launch`, watching the manager's
-lifeline *and* the template's, and the module run as ``__main__``.  The
-worker's module and everything under it are dropped from ``sys.modules``
-first: a worker module that reads its settings from the environment when it
-is imported (CLM's do) runs afresh in each worker, with that worker's
-environment; only what it imports stays shared.
+lifeline *and* the template's, and the module run afresh as ``__main__``, as
+``python -m`` runs it.  What it imports stays as the template imported it:
+the template runs with its workers' environment, so a module that reads its
+settings from the environment when it is imported (CLM's worker modules do)
+reads the workers' values.  Only the ``--per-worker`` variables (a worker's
+own row and id) differ; the template has none of them, and notes every
+module whose import-time code looks one up: those modules run afresh in each
+worker, with that worker's value.  Importing a module afresh in a forked
+child costs about three times what it costs in the template (every object it
+touches is a page to copy), so nothing else is imported twice.
 
 The control socket carries one JSON object per line.  The manager sends
 ``{"op": "fork", "id", "module", "args", "env", "cwd", "log"}``; the
@@ -46,10 +51,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from .launch import LIFELINE_ENV, keep_lifelines, run_module
 
-USAGE = "usage: python -m clm_workers.forktemplate --control FD [--preload MODULE[,MODULE...]]"
+USAGE = ("usage: python -m clm_workers.forktemplate --control FD [--preload MODULE[,MODULE...]] "
+         "[--per-worker NAME[,NAME...]]")
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -57,38 +64,41 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 class _ChildOrder:
     """What a freshly forked worker does next (only ever built in the child)."""
 
-    def __init__(self, request: dict[str, object], log_fd: int, lifelines: list[int]) -> None:
+    def __init__(self, request: dict[str, object], log_fd: int, lifelines: list[int],
+                 afresh: frozenset[str]) -> None:
         self.request = request
         self.log_fd = log_fd
         self.lifelines = lifelines
+        #: Preloaded modules that looked up a per-worker variable when imported.
+        self.afresh = afresh
 
 
 def main(argv: list[str]) -> None:
-    control_fd, preload = _parse(argv)
-    order = serve(control_fd, preload)
+    control_fd, lists = _parse(argv)
+    order = serve(control_fd, lists["--preload"], frozenset(lists["--per-worker"]))
     if order is not None:  # in a forked worker: its own life starts here
         become_worker(order)
 
 
-def _parse(argv: list[str]) -> tuple[int, list[str]]:
+def _parse(argv: list[str]) -> tuple[int, dict[str, list[str]]]:
     control: int | None = None
-    preload: list[str] = []
+    lists: dict[str, list[str]] = {"--preload": [], "--per-worker": []}
     args = list(argv)
     while args:
         flag = args.pop(0)
-        if flag in ("--control", "--preload") and args:
+        if flag in ("--control", *lists) and args:
             value = args.pop(0)
             if flag == "--control" and value.isdigit():
                 control = int(value)
-            elif flag == "--preload":
-                preload = [name for name in value.split(",") if name]
+            elif flag in lists:
+                lists[flag] = [name for name in value.split(",") if name]
             else:
                 break
         else:
             break
     else:
         if control is not None:
-            return control, preload
+            return control, lists
     print(USAGE, file=sys.stderr)
     raise SystemExit(2)
 
@@ -96,8 +106,13 @@ def _parse(argv: list[str]) -> tuple[int, list[str]]:
 # -- the template ----------------------------------------------------------------------
 
 
-def serve(control_fd: int, preload: list[str]) -> _ChildOrder | None:
+def serve(
+    control_fd: int, preload: list[str], per_worker: frozenset[str] = frozenset()
+) -> _ChildOrder | None:
     """Preload, report, then fork on request until the manager is gone.
+
+    ``per_worker``: the variables whose value differs between workers; a
+    preloaded module that looks one up when imported runs afresh in each.
 
     Returns ``None`` in the template when it should exit, and the child's
     order in each forked child (which must then call :func:`become_worker`,
@@ -106,7 +121,8 @@ def serve(control_fd: int, preload: list[str]) -> _ChildOrder | None:
     control = socket.socket(fileno=control_fd)
     lifeline = _manager_lifeline()
     t0, cpu0 = time.monotonic(), time.process_time()
-    failures = _preload(preload)
+    with _lookups_of(per_worker) as readers:
+        failures = _preload(preload)
     # The template's own lifeline: only the template holds the write end, so
     # its workers see EOF when it dies, however it dies.
     template_read, template_write = os.pipe()
@@ -120,7 +136,9 @@ def serve(control_fd: int, preload: list[str]) -> _ChildOrder | None:
     _send(control, {
         "op": "ready", "pid": os.getpid(), "preload_cpu": round(time.process_time() - cpu0, 4),
         "preload_wall": round(time.monotonic() - t0, 4), "modules": len(sys.modules),
+        "afresh": sorted(readers),
     })
+    afresh = frozenset(readers)
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
         os.set_blocking(fd, False)
@@ -149,7 +167,7 @@ def serve(control_fd: int, preload: list[str]) -> _ChildOrder | None:
                 pending += data
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    order = _fork(json.loads(line), control, own, lifelines)
+                    order = _fork(json.loads(line), control, own, lifelines, afresh)
                     if order is not None:
                         _leave_template(control, [template_write, wake_read, wake_write])
                         return order
@@ -176,6 +194,45 @@ def _preload(names: list[str]) -> list[tuple[str, str]]:
         except (Exception, SystemExit) as exc:
             failures.append((name, f"{type(exc).__name__}: {exc}"))
     return failures
+
+
+@contextlib.contextmanager
+def _lookups_of(names: frozenset[str]) -> Iterator[set[str]]:
+    """Note which modules' import-time code looks up one of ``names`` in ``os.environ``.
+
+    Yields the set it fills: the name of the module whose top-level code was
+    running (directly or through a function it called) at each lookup.
+    ``os.getenv``, ``os.environ.get``, ``in`` and ``[]`` all go through
+    ``__getitem__``, which is watched by giving ``os.environ`` a subclass of
+    its own class for the while.
+    """
+    readers: set[str] = set()
+    environ = os.environ
+    plain = type(environ)
+
+    class Watched(plain):  # type: ignore[valid-type,misc]  # os._Environ, private but a plain class
+        def __getitem__(self, key: str) -> str:
+            if key in names:
+                readers.add(_importing_module())
+            return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    if names:
+        environ.__class__ = Watched
+    try:
+        yield readers
+    finally:
+        environ.__class__ = plain
+        readers.discard("")
+
+
+def _importing_module() -> str:
+    """The module whose top-level code is running on this stack (innermost), or ``""``."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            return str(frame.f_globals.get("__name__", ""))
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
 
 
 def fork_hazards(own_fds: set[int]) -> list[str]:
@@ -266,7 +323,7 @@ def _reap(control: socket.socket) -> None:
 
 
 def _fork(request: dict[str, object], control: socket.socket, own: set[int],
-          lifelines: list[int]) -> _ChildOrder | None:
+          lifelines: list[int], afresh: frozenset[str]) -> _ChildOrder | None:
     """Fork one worker; in the child, return its order; in the template, report and return None."""
     ident = request.get("id")
     hazards = fork_hazards(own)
@@ -290,7 +347,7 @@ def _fork(request: dict[str, object], control: socket.socket, own: set[int],
         os.setsid()
         os.close(led_write)
         os.close(led_read)
-        return _ChildOrder(request, log_fd, lifelines)
+        return _ChildOrder(request, log_fd, lifelines, afresh)
     os.close(led_write)
     os.close(log_fd)
     # Answer only once the child leads its group: a stop sent at once must
@@ -339,10 +396,30 @@ def become_worker(order: _ChildOrder) -> None:
     module = str(request["module"])
     args = request.get("args") or []
     assert isinstance(args, list)
-    for name in [n for n in sys.modules if n == module or n.startswith(module + ".")]:
-        del sys.modules[name]  # run afresh: it reads this worker's environment
+    for name in _run_afresh(module, order.afresh):
+        _forget(name)
     keep_lifelines(order.lifelines)
     run_module(module, [str(a) for a in args])
+
+
+def _run_afresh(module: str, readers: frozenset[str]) -> set[str]:
+    """The modules a worker must import again: what it runs, and the per-worker variables' readers.
+
+    ``runpy`` runs a package's ``__main__`` afresh by itself; a plain module
+    it runs only if it is not imported yet.
+    """
+    loaded = sys.modules.get(module)
+    own = {module} if loaded is not None and not hasattr(loaded, "__path__") else set()
+    return {*own, f"{module}.__main__", *readers}
+
+
+def _forget(name: str) -> None:
+    """Make the next import of ``name`` run it again (``from package import name`` included)."""
+    forgotten = sys.modules.pop(name, None)
+    parent_name, _, attribute = name.rpartition(".")
+    parent = sys.modules.get(parent_name)
+    if forgotten is not None and parent is not None and getattr(parent, attribute, None) is forgotten:
+        delattr(parent, attribute)
 
 
 def _close_all_but(keep: set[int]) -> None:

@@ -67,9 +67,8 @@ CLM_1 = Generation(
     # The module that holds each worker's class: importing it imports all that
     # the worker needs to boot (jupytext, nbconvert, pydantic, httpx, CLM's
     # infrastructure: about 0.5 s of CPU in 1.9.2, 1 s in 1.35).  It reads its
-    # settings from the environment when imported, so each forked worker runs
-    # it afresh (the fork server drops the worker's package before running it);
-    # only what it imported stays shared.
+    # settings from the environment when imported (DB_PATH, LOG_LEVEL): the
+    # pool's, which the template has too; a worker's own id it reads later.
     preload=MappingProxyType({
         worker_type: (f"clm.workers.{worker_type}.{worker_type}_worker",)
         for worker_type in ("notebook", "plantuml", "drawio", "jupyterlite")

@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 #: The variables that differ between the workers of one template; every other
 #: one is the template's too, so a module that reads one when imported reads
-#: the value its workers get.
+#: the value its workers get.  A preloaded module that looks one of these up
+#: when imported is imported afresh in each worker (the template notes it).
 PER_WORKER_VARIABLES = ("WORKER_ID", "CLM_WORKER_ID")
 
 #: How long a template may take to preload before its pool is spawned instead
@@ -320,7 +321,8 @@ class _Template:
         env = {k: v for k, v in direct.environment(spec).items() if k not in PER_WORKER_VARIABLES}
         self.log_path = direct.log_dir / f"forkserver-{spec.worker_type}-{secrets.token_hex(4)}.log"
         ours, theirs = socket.socketpair()  # both non-inheritable; theirs is passed explicitly
-        command = [direct.python, "-m", "clm_workers.forktemplate", "--control", str(theirs.fileno())]
+        command = [direct.python, "-m", "clm_workers.forktemplate", "--control", str(theirs.fileno()),
+                   "--per-worker", ",".join(PER_WORKER_VARIABLES)]
         if spec.preload:
             command += ["--preload", ",".join(spec.preload)]
         try:
