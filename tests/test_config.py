@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from clm_workers import ConfigError, WorkerConfig, WorkerPoolManager
 from clm_workers.clm.installed import installed_clm
-from clm_workers.clm.profile import fork_server_types, resolve_configs
+from clm_workers.clm.profile import _installed, fork_server_types, resolve_configs
 
 SIM = "clm_workers.sim"
 
@@ -50,7 +52,9 @@ def test_a_fork_server_preloads_clm_s_worker_module_for_clm_s_types_and_nothing_
         WorkerConfig("drawio", 1),
         WorkerConfig("drawio", 1, start_method="forkserver", preload=["json", "sqlite3"]),
     ], "1.x")
-    assert notebook.preload == ("clm.workers.notebook.notebook_worker",)
+    # Also what a notebook worker imports in its first job, where installed.
+    lexers = ("IPython.lib.lexers",) if importlib.util.find_spec("IPython") else ()
+    assert notebook.preload == ("clm.workers.notebook.notebook_worker", *lexers)
     assert plantuml.preload == ("clm.workers.plantuml.plantuml_worker",)
     assert sim.preload == () and spawned.preload == ()
     assert explicit.preload == ("json", "sqlite3")
@@ -58,6 +62,10 @@ def test_a_fork_server_preloads_clm_s_worker_module_for_clm_s_types_and_nothing_
     assert old.preload == ()
     assert fork_server_types("1.x") == {"notebook", "plantuml", "drawio", "jupyterlite"}
     assert fork_server_types("0.3") == frozenset()
+
+
+def test_a_job_preload_whose_package_is_not_installed_is_left_out():
+    assert _installed(["json.decoder", "no_such_package_here.x", "sqlite3"]) == ("json.decoder", "sqlite3")
 
 
 def test_an_unknown_type_needs_a_module():

@@ -277,11 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(given[:1] if given[:1] == ["clm"] else given)
-    if args.command == "clm":  # CLM parses its arguments and sets up its own logging
+    if given[:1] == ["clm"]:  # CLM parses its arguments and sets up its own logging
         from .commands.clm import run_clm
 
-        return run_clm(given[1:] if given[:1] == ["clm"] else args.args)
+        return run_clm(given[1:])  # without building this parser: CLM's start is the build's
+    args = _parser().parse_args(given)
+    if args.command == "clm":  # `clm-workers --log-level INFO clm ...`
+        from .commands.clm import run_clm
+
+        return run_clm(args.args)
     from .display import configure_logging
     from .errors import ConfigError, PoolStartupError
 

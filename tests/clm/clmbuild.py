@@ -110,21 +110,24 @@ class CliBuild:
 
 def run_cli_build(
     command: list[str], spec: Path, folder: Path, *, db: Path | None = None, notebook_workers: int = 1,
-    extra: tuple[str, ...] = (), timeout: float = 600, env: dict[str, str] | None = None,
+    plantuml_workers: int = 1, extra: tuple[str, ...] = (), timeout: float = 600,
+    env: dict[str, str] | None = None,
 ) -> CliBuild:
     """``clm --jobs-db-path DB build SPEC`` in ``folder``, English only, direct workers; blocking.
 
     ``db``: the jobs database (default: ``jobs.db`` in ``folder``).
 
-    One notebook and one PlantUML worker (CLM caps notebook workers at one
-    per two cores anyway), no Draw.io worker: the course has no Draw.io file.
+    By default one notebook and one PlantUML worker (``--notebook-workers``,
+    ``--plantuml-workers``: CLM caps each type at half the machine's cores
+    anyway), no Draw.io worker: the course has no Draw.io file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     db = db or folder / "jobs.db"
     args = [
         "--jobs-db-path", str(db), "--cache-db-path", str(folder / "cache.db"),
         "build", str(spec), "--output-dir", str(folder / "output"), "--language", "en",
-        "--workers", "direct", "--notebook-workers", str(notebook_workers), "--plantuml-workers", "1",
+        "--workers", "direct", "--notebook-workers", str(notebook_workers),
+        "--plantuml-workers", str(plantuml_workers),
         "--drawio-workers", "0", "--output-mode", "json", "--no-progress", "--no-color", *extra,
     ]
     environment = {**os.environ, "CLM_LOG_DIR": str(folder / "logs"), "NO_COLOR": "1", **(env or {})}

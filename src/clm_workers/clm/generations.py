@@ -7,7 +7,7 @@
 | jobs database variable | ``DB_PATH`` | ``DB_PATH`` | ``CLM_JOBS_DB_PATH`` |
 | notebook cache variable | none | ``CACHE_DB_PATH`` | ``CLM_CACHE_DB_PATH`` |
 | schema version | 3 | 8 | 11 |
-| fork server preload | none | ``clm.workers.<type>.<type>_worker`` | same |
+| fork server preload | none | ``clm.workers.<type>.<type>_worker`` (+ ``IPython.lib.lexers``) | same |
 
 Where a variable's spelling changed, a worker gets every spelling: each
 generation reads its own and ignores the others, so nothing here depends on
@@ -42,6 +42,9 @@ class Generation:
     registration: Registration
     #: Worker type -> what a fork server's template imports for it (``start_method="forkserver"``).
     preload: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Worker type -> what its worker imports only in its first job; the template imports these
+    #: too, each where its top-level package is installed.
+    job_preload: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def module_for(self, worker_type: str) -> str | None:
         return self.modules.get(worker_type)
@@ -73,6 +76,9 @@ CLM_1 = Generation(
         worker_type: (f"clm.workers.{worker_type}.{worker_type}_worker",)
         for worker_type in ("notebook", "plantuml", "drawio", "jupyterlite")
     }),
+    # nbconvert's HTML export highlights code with IPython's lexer, whose import is most of
+    # IPython: 0.25-0.35 s of CPU in each notebook worker's first job, once in the template.
+    job_preload=MappingProxyType({"notebook": ("IPython.lib.lexers",)}),
 )
 
 #: ``clm_profile`` values: ``auto`` follows the installed CLM.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def resolve_configs(configs: Sequence[WorkerConfig], profile: str = "auto") -> l
             # CLM's list only for CLM's own module of that type, and only where it is used.
             own = config.start_method == "forkserver" and module in (
                 modules.get(config.worker_type), generation.module_for(config.worker_type))
-            preload = generation.preload.get(config.worker_type, ()) if own else ()
+            preload = (*generation.preload.get(config.worker_type, ()),
+                       *_installed(generation.job_preload.get(config.worker_type, ()))) if own else ()
         resolved.append(dataclasses.replace(
             config, module=module, registration=config.registration or generation.registration,
             preload=preload,
@@ -66,6 +68,18 @@ def _profile(profile: str, *, need_modules: bool) -> tuple[Generation, Mapping[s
     installed = installed_clm()
     # CLM's own module map costs an import of CLM's executor: only when asked for.
     return installed.generation, installed.modules if need_modules else installed.generation.modules
+
+
+def _installed(modules: Sequence[str]) -> tuple[str, ...]:
+    """The ``modules`` whose top-level package this interpreter has (looked up, not imported)."""
+    found = []
+    for module in modules:
+        try:
+            if importlib.util.find_spec(module.split(".", 1)[0]) is not None:
+                found.append(module)
+        except (ImportError, ValueError):
+            continue
+    return tuple(found)
 
 
 def worker_environment(configs: Sequence[WorkerConfig], cache_db_path: Path) -> dict[str, str]:
