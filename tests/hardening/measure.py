@@ -102,6 +102,12 @@ def sim(worker_type, count, **env):
 def dsim(worker_type, count, **env):
     return WorkerConfig(worker_type, count, execution_mode="docker", image=IMAGE,
                         module="clm_workers.sim", env=env)
+def run_saying_what_raised(async_fn):
+    try:
+        trio.run(async_fn)
+        say(raised=None)
+    except BaseException as exc:
+        say(raised=type(exc).__name__)
 """
 
 
@@ -402,11 +408,7 @@ def two_ctrl_c_trial() -> tuple[str, int]:
             manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 16, CLM_SIM_BOOT_DELAY="5")],
                                         registration_timeout=60, log_dir=tmp / "logs")
             say(session=manager.session_id)
-            try:
-                trio.run(manager.start_pools)
-                say(raised=None)
-            except BaseException as exc:
-                say(raised=type(exc).__name__)
+            run_saying_what_raised(manager.start_pools)
         """)
         session = ""
         try:
@@ -452,11 +454,7 @@ def ctrl_c_stop_trial(docker: bool) -> tuple[str, int]:
                 manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {{"seconds": 60}})
             say(session=manager.session_id)
             sys.stdin.readline()
-            try:
-                trio.run(manager.stop_pools)
-                say(raised=None)
-            except BaseException as exc:
-                say(raised=type(exc).__name__)
+            run_saying_what_raised(manager.stop_pools)
         """)
         session = ""
         try:
