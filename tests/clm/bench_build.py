@@ -14,8 +14,10 @@ passes them.  CLM caps each type at half the machine's cores (and one
 worker per 2 GB of RAM); ``--cores N`` makes CLM count N cores in both
 commands, as on a machine with N cores.  Each time is the wall time of the
 whole command as a user sees it, from the process start to its exit;
-CLM's own build duration (its JSON summary) and the CPU time of the whole
-build (the command and every process under it) are recorded beside it.
+CLM's own build duration (its JSON summary), the CPU time of the whole
+build (the command and every process under it) and the time CLM's workers
+spent in jobs (their own ``jobs_processed`` and ``avg_processing_time`` in
+the jobs database, read while the build runs) are recorded beside it.
 Prints a markdown table; ``--out`` also writes every figure as JSON.  Needs
 CLM with its notebook and PlantUML extras, Java and a PlantUML jar
 (``PLANTUML_JAR`` or Debian's).
@@ -24,14 +26,18 @@ CLM with its notebook and PlantUML extras, Java and a PlantUML jar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
+import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
@@ -84,10 +90,12 @@ def main() -> int:
         for round_ in range(options.runs):
             for name in names if round_ % 2 == 0 else reversed(names):
                 cpu = _children_cpu()
-                build = run_cli_build(COMMANDS[name](prelude), spec, root / f"{round_}-{names.index(name)}",
-                                      notebook_workers=options.notebook_workers,
-                                      plantuml_workers=options.plantuml_workers)
-                runs.append(_record(name, round_, build, _children_cpu() - cpu))
+                folder = root / f"{round_}-{names.index(name)}"
+                with job_time_of_workers(folder / "jobs.db") as job_seconds:
+                    build = run_cli_build(COMMANDS[name](prelude), spec, folder,
+                                          notebook_workers=options.notebook_workers,
+                                          plantuml_workers=options.plantuml_workers)
+                runs.append(_record(name, round_, build, _children_cpu() - cpu, job_seconds))
                 print(f"round {round_ + 1}: {name}: {build.seconds:.1f} s (exit {build.returncode})",
                       file=sys.stderr, flush=True)
         load_after = os.getloadavg()[0]
@@ -117,13 +125,50 @@ def _add_decks_and_diagrams(course: Course, decks: int, diagrams: int) -> None:
             diagram.replace("@startuml hello", f"@startuml diagram_{number:02d}"), encoding="utf-8")
 
 
+@contextlib.contextmanager
+def job_time_of_workers(db: Path, interval: float = 0.05) -> Iterator[dict[str, float]]:
+    """Seconds CLM's workers spent in jobs while the block ran, per worker type (filled in at exit).
+
+    CLM's worker adds each job's processing time to its row (``jobs_processed``,
+    ``avg_processing_time``) and deletes the row when it stops, so a thread
+    reads the rows every ``interval`` seconds, read-only, and keeps the last
+    figures of each.  A job that ends less than ``interval`` before its
+    worker's row goes can be missed.
+    """
+    last: dict[int, tuple[str, float]] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.wait(interval):
+            with contextlib.suppress(sqlite3.Error):  # not created yet, or busy: the next read
+                connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=interval)
+                try:
+                    for row_id, worker_type, jobs, average in connection.execute(
+                            "SELECT id, worker_type, jobs_processed, avg_processing_time FROM workers"):
+                        last[row_id] = (worker_type, (jobs or 0) * (average or 0.0))
+                finally:
+                    connection.close()
+
+    totals: dict[str, float] = {}
+    reader = threading.Thread(target=read, name="job time of workers", daemon=True)
+    reader.start()
+    try:
+        yield totals
+    finally:
+        done.set()
+        reader.join()
+        for worker_type, seconds in last.values():
+            totals[worker_type] = round(totals.get(worker_type, 0.0) + seconds, 2)
+
+
 def _children_cpu() -> float:
     """CPU seconds of every finished child and its reaped descendants (workers, kernels, JVMs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def _record(name: str, round_: int, build: CliBuild, cpu: float) -> dict[str, object]:
+def _record(name: str, round_: int, build: CliBuild, cpu: float,
+            job_seconds: dict[str, float]) -> dict[str, object]:
     # The next build starts only once this one's workers (and kernels) are gone.
     wait_until(lambda: not environment_processes(f"DB_PATH={build.db}", f"CLM_JOBS_DB_PATH={build.db}"),
                30, "the build's workers to be gone")
@@ -135,7 +180,7 @@ def _record(name: str, round_: int, build: CliBuild, cpu: float) -> dict[str, ob
         print(build.describe(), file=sys.stderr)
     return {"command": name, "round": round_ + 1, "wall_seconds": round(build.seconds, 2),
             "clm_seconds": clm_seconds, "cpu_seconds": round(cpu, 2), "exit": build.returncode,
-            "output_files": outputs}
+            "output_files": outputs, "job_seconds": job_seconds}
 
 
 def _table(runs: list[dict[str, object]], machine: dict[str, object], options: argparse.Namespace) -> str:
@@ -153,17 +198,19 @@ def _table(runs: list[dict[str, object]], machine: dict[str, object], options: a
         f"Course: {course} (English only); {workers}; direct workers.",
         "",
         "| command | wall time per run (s) | median (s) | CLM's build duration, median (s) "
-        "| CPU of the whole build, median (s) |",
-        "|---|---|---|---|---|",
+        "| CPU of the whole build, median (s) | notebook workers' job time per run (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in COMMANDS:
         mine = [r for r in runs if r["command"] == name]
         walls = [float(r["wall_seconds"]) for r in mine]  # type: ignore[arg-type]
         clm = [float(r["clm_seconds"]) for r in mine if r["clm_seconds"] is not None]  # type: ignore[arg-type]
         cpu = [float(r["cpu_seconds"]) for r in mine]  # type: ignore[arg-type]
+        jobs = [r["job_seconds"].get("notebook", 0.0) for r in mine]  # type: ignore[attr-defined]
         lines.append(f"| `{name}` | {', '.join(f'{w:.1f}' for w in walls)} | {statistics.median(walls):.1f} "
-                     f"| {statistics.median(clm):.1f} | {statistics.median(cpu):.1f} |"
-                     if clm else f"| `{name}` | failed | | | |")
+                     f"| {statistics.median(clm):.1f} | {statistics.median(cpu):.1f} "
+                     f"| {', '.join(f'{j:.1f}' for j in jobs)} |"
+                     if clm else f"| `{name}` | failed | | | | |")
     return "\n".join(lines)
 
 
