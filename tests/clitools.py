@@ -56,7 +56,10 @@ def sim_pools(notebook: int = 2, plantuml: int = 1, boot_delay: float = 0.0, **e
 
 
 class StartProcess:
-    """``clm-workers start`` running in the background; its stderr and stdout go to files."""
+    """``clm-workers start`` running in the background; its stderr and stdout go to files.
+
+    As a context manager it is SIGKILLed at the end of the block if still running.
+    """
 
     def __init__(self, folder: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.folder = folder
@@ -90,6 +93,12 @@ class StartProcess:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGKILL)
             self.popen.wait(timeout=10)
+
+    def __enter__(self) -> StartProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
 
 
 def db_rows(db: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

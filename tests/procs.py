@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -27,6 +28,16 @@ def give_to_data_owner(folder: Path) -> Path:
     if os.getuid() == 0:
         os.chown(folder, *DATA_OWNER)
     return folder
+
+
+@contextlib.contextmanager
+def killed_at_exit(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """``process``, SIGKILLed and reaped at the end of the block (a no-op if it already ended)."""
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def wait_until(

@@ -17,6 +17,7 @@ from clm_workers.bench.output import BEGIN, END, write_outputs
 from clm_workers.bench.procstat import process_cpu_seconds
 from clm_workers.bench.runner import BenchOptions, BenchResult, plan_runs, with_scenarios
 from clm_workers.bench.summary import bounds, check_targets, percentile, summarise
+from procs import killed_at_exit
 
 COSTS = StartCosts(spawn_wall=0.01, spawn_cpu=0.01, worker_wall=0.03, worker_cpu=0.03)
 
@@ -182,12 +183,9 @@ def test_process_cpu_counts_every_thread_finer_than_a_clock_tick():
         "spin(); t.join(); print('spun', flush=True); time.sleep(60)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
+    with killed_at_exit(child):
         assert child.stdout is not None and child.stdout.readline() == "spun\n"
         seconds = process_cpu_seconds(child.pid)
         assert seconds is not None and seconds >= 0.4  # both threads' 0.2 s
         assert round(seconds * 100, 6) != round(seconds * 100)  # not a whole number of 10 ms ticks
-    finally:
-        child.kill()
-        child.wait()
     assert process_cpu_seconds(child.pid) is None

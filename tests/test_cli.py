@@ -103,13 +103,10 @@ def test_every_help_shows_log_level_and_names_values_the_same_way(command):
 def _database(tmp_path: Path) -> Path:
     """A CLM database with a finished session in it (a real, short `start`)."""
     write_config(tmp_path, sim_pools(notebook=1, plantuml=0))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         start.popen.send_signal(2)
         assert start.wait() == 0
-    finally:
-        start.kill()
     return tmp_path / "jobs.db"
 
 
@@ -130,13 +127,10 @@ def test_log_level_does_what_it_says(tmp_path):
 
 def test_start_log_level_debug_shows_where_each_setting_came_from(tmp_path):
     write_config(tmp_path, "[startup]\nconcurrency = 2\n" + sim_pools(notebook=1, plantuml=0))
-    start = StartProcess(tmp_path, "--log-level", "DEBUG")
-    try:
+    with StartProcess(tmp_path, "--log-level", "DEBUG") as start:
         start.wait_for_output("clm-workers: running")
         start.popen.send_signal(15)
         assert start.wait() == 0
-    finally:
-        start.kill()
     err = start.stderr
     assert ("DEBUG clm_workers.commands.start: setting startup.concurrency from file workers.toml, line 2"
             in err)

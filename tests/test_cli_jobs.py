@@ -26,14 +26,11 @@ JOB_KEYS = {"id", "job_type", "status", "priority", "input_file", "output_file",
 @pytest.fixture
 def pool(tmp_path):
     write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         yield start
         start.popen.send_signal(signal.SIGINT)
         assert start.wait() == 0, start.stderr
-    finally:
-        start.kill()
 
 
 def test_submit_wait_then_jobs_and_jobs_show(tmp_path, pool):

@@ -83,13 +83,10 @@ def test_follow_a_running_pool_then_read_it_after_it_stopped(tmp_path):
 
 def test_logs_survive_a_killed_manager_and_a_chosen_log_dir(tmp_path):
     write_config(tmp_path, 'log_dir = "worker-logs"\n' + sim_pools(notebook=1, plantuml=0))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         os.kill(start.popen.pid, signal.SIGKILL)
         start.wait()
-    finally:
-        start.kill()
     assert list((tmp_path / "worker-logs").glob("direct-notebook-0-*.log"))
     assert not (tmp_path / "jobs.db.logs").exists()
     result = clm_workers("logs", "notebook#0", cwd=tmp_path)  # log_dir from ./workers.toml
@@ -105,14 +102,11 @@ def test_a_killed_manager_leaves_no_log_folder_in_the_temp_folder(tmp_path):
     killed with SIGKILL, which cleans up nothing, leaves no ``clm-workers-*`` folder in /tmp."""
     temp = Path(tempfile.gettempdir())
     write_config(tmp_path, sim_pools(notebook=1, plantuml=0))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         session = session_of(tmp_path / "jobs.db")
         os.kill(start.popen.pid, signal.SIGKILL)
         start.wait()
-    finally:
-        start.kill()
     left = list(temp.glob(f"clm-workers-{session[:8]}*"))
     for folder in left:
         shutil.rmtree(folder)
@@ -154,8 +148,7 @@ def test_a_containers_log_comes_from_the_engine_while_it_exists(tmp_path):
         image = "{DOCKER_IMAGE}"
         module = "clm_workers.sim"
     """)
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         running = clm_workers("logs", "notebook#0", cwd=tmp_path)
         assert running.returncode == 0, running.stderr
@@ -166,8 +159,6 @@ def test_a_containers_log_comes_from_the_engine_while_it_exists(tmp_path):
             in every.stderr
         start.popen.send_signal(signal.SIGTERM)
         assert start.wait() == 0
-    finally:
-        start.kill()
     gone = clm_workers("logs", "notebook#0", cwd=tmp_path)
     assert gone.returncode == 1
     assert "its container docker-notebook-0-" in gone.stderr and "is gone" in gone.stderr

@@ -77,13 +77,10 @@ def test_signal_during_startup_cancels_pending_starts_exit_0(tmp_path):
 
 def test_json_prints_the_startup_report_on_stdout(tmp_path):
     write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
-    start = StartProcess(tmp_path, "--json")
-    try:
+    with StartProcess(tmp_path, "--json") as start:
         start.wait_for_output("clm-workers: running")
         start.popen.send_signal(signal.SIGTERM)
         assert start.wait() == 0
-    finally:
-        start.kill()
     report = json.loads(start.stdout)
     assert report["session_id"] == session_of(tmp_path / "jobs.db")
     assert {w["worker_type"] for w in report["started"]} == {"notebook", "plantuml"}
@@ -99,8 +96,7 @@ def test_failures_are_reported_as_they_happen_and_the_rest_runs(tmp_path):
         module = "{SIM}"
         env = {{ CLM_SIM_FAIL = "crash" }}
     """)
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         err = start.stderr
         assert "drawio#0 failed (exit): exited with code 3 before registering; last output: " \
@@ -108,8 +104,6 @@ def test_failures_are_reported_as_they_happen_and_the_rest_runs(tmp_path):
         assert "! 2/3 workers registered in " in err and "1 failed; the others keep running" in err
         start.popen.send_signal(signal.SIGINT)
         assert start.wait() == 0
-    finally:
-        start.kill()
 
 
 def test_no_worker_registered_exits_1_with_the_reason(tmp_path):
@@ -158,8 +152,7 @@ def test_deaths_and_replacements_after_startup_are_plain_lines(tmp_path):
         module = "{SIM}"
         env = {{ CLM_SIM_LIFETIME = "1.0" }}
     """)
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         start.wait_for_output("notebook#0 exited with code 4")
         start.wait_for_output("notebook#0 starting as direct-notebook-0-")
@@ -167,8 +160,6 @@ def test_deaths_and_replacements_after_startup_are_plain_lines(tmp_path):
         start.popen.send_signal(signal.SIGINT)
         assert start.wait() == 0
         no_worker_left(session_of(tmp_path / "jobs.db"))
-    finally:
-        start.kill()
     running = start.stderr.split("clm-workers: running", 1)[1]
     assert "✗ notebook#0 exited with code 4" in running and "✓ notebook#0 registered, pid " in running
 
@@ -195,16 +186,13 @@ def test_the_live_screen_tells_the_truth(tmp_path, columns):
         env = {{ CLM_SIM_FAIL = "crash" }}
     """)
     # An earlier session's job: not this pool's, so never counted in its footer.
-    earlier = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as earlier:
         earlier.wait_for_output("clm-workers: running")
         (tmp_path / "in.txt").write_text("x\n")
         first = clm_workers("submit", "notebook", "in.txt", "o.txt", "--wait", "30", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         earlier.popen.send_signal(signal.SIGTERM)
         assert earlier.wait() == 0
-    finally:
-        earlier.kill()
 
     terminal = TerminalProcess(tmp_path, "start", columns=columns, lines=40)
     try:

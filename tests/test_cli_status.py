@@ -22,8 +22,7 @@ SESSION_KEYS = {"session_id", "pid", "host", "started_at", "lease_left", "alive"
 
 def test_status_json_of_a_running_pool_then_of_the_stopped_one(tmp_path):
     write_config(tmp_path, sim_pools(notebook=2, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         db = tmp_path / "jobs.db"
         session = session_of(db)
@@ -52,8 +51,6 @@ def test_status_json_of_a_running_pool_then_of_the_stopped_one(tmp_path):
 
         start.popen.send_signal(signal.SIGINT)
         assert start.wait() == 0
-    finally:
-        start.kill()
 
     after = json.loads(clm_workers("status", "--db", str(db), "--json").stdout)
     assert after["sessions"][0]["alive"] is False and after["sessions"][0]["state"] == "stopped"
@@ -102,15 +99,12 @@ def test_status_of_a_missing_or_foreign_file_is_bad_input(tmp_path):
 
 def test_a_killed_manager_is_gone_at_once_not_running_until_its_lease_ends(tmp_path):
     write_config(tmp_path, sim_pools(notebook=2, plantuml=0))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         db = tmp_path / "jobs.db"
         session = session_of(db)
         os.kill(start.popen.pid, signal.SIGKILL)
         start.wait()
-    finally:
-        start.kill()
     data = json.loads(clm_workers("status", "--db", str(db), "--json", "--all").stdout)
     [gone] = data["sessions"]
     assert gone["session_id"] == session and gone["state"] == "gone" and gone["manager_running"] is False

@@ -38,7 +38,7 @@ from clitools import (
     write_config,
 )
 from clm_workers import schema
-from procs import session_processes, wait_until
+from procs import killed_at_exit, session_processes, wait_until
 
 
 def start_stamp(pid: int) -> str:
@@ -49,8 +49,7 @@ def start_stamp(pid: int) -> str:
 
 def test_stop_asks_a_running_start_to_stop_its_workers(tmp_path):
     write_config(tmp_path, sim_pools(notebook=2, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         db = tmp_path / "jobs.db"
         session = session_of(db)
@@ -59,8 +58,6 @@ def test_stop_asks_a_running_start_to_stop_its_workers(tmp_path):
         result = clm_workers("stop", "--db", str(db), "--json")  # another process
         assert result.returncode == 0, result.stderr
         assert start.wait(timeout=30) == 0, start.stderr   # it stopped itself, cleanly
-    finally:
-        start.kill()
     no_worker_left(session)
     [stopped] = json.loads(result.stdout)["sessions"]
     assert stopped["session_id"] == session and stopped["outcome"] == "stopped" and stopped["ok"]
@@ -128,14 +125,11 @@ def test_a_manager_that_ignores_signals_is_killed_after_the_timeout(tmp_path):
     db = tmp_path / "jobs.db"
     session = uuid.uuid4().hex
     manager = fake_manager(db, session, socket.gethostname())
-    try:
+    with killed_at_exit(manager):
         result = clm_workers("stop", "--db", str(db), "--timeout", "1", "--json")
         assert result.returncode == 0, result.stderr
         wait_until(lambda: manager.poll() is not None, 10)
         assert manager.returncode == -signal.SIGKILL
-    finally:
-        manager.kill()
-        manager.wait()
     [killed] = json.loads(result.stdout)["sessions"]
     # Not clm-workers start: SIGINT first (Python's KeyboardInterrupt), then SIGTERM, then SIGKILL.
     assert killed["signals"] == ["SIGINT", "SIGTERM", "SIGKILL"] and killed["manager_killed"] is True
@@ -149,16 +143,13 @@ def test_a_manager_on_another_host_is_not_signalled(tmp_path):
     db = tmp_path / "jobs.db"
     session = uuid.uuid4().hex
     manager = fake_manager(db, session, "some-other-host")
-    try:
+    with killed_at_exit(manager):
         result = clm_workers("stop", "--db", str(db), "--timeout", "1")
         assert result.returncode == 1
         assert f"session {session[:8]}: its manager (pid {manager.pid}) runs on host some-other-host; " \
                "run `clm-workers stop` there" in result.stderr
         assert alive(manager.pid)  # the pid means another process there: never signalled
         assert statuses(db) == ["idle"]  # nor are its rows touched
-    finally:
-        manager.kill()
-        manager.wait()
 
 
 def test_stop_a_session_by_prefix_and_bad_input(tmp_path):
@@ -167,7 +158,7 @@ def test_stop_a_session_by_prefix_and_bad_input(tmp_path):
     assert missing.returncode == 2 and "expected the path of an existing CLM jobs database" in missing.stderr
     session = uuid.uuid4().hex
     manager = fake_manager(db, session, socket.gethostname())
-    try:
+    with killed_at_exit(manager):
         wrong = clm_workers("stop", "--db", str(db), "--session", "zzzz")
         assert wrong.returncode == 2
         assert f"--session: 'zzzz' is not allowed; expected a session id (or its start) of this " \
@@ -177,23 +168,17 @@ def test_stop_a_session_by_prefix_and_bad_input(tmp_path):
         assert alive(manager.pid)
         result = clm_workers("stop", "--db", str(db), "--session", session[:6], "--timeout", "1")
         assert result.returncode == 0, result.stderr
-    finally:
-        manager.kill()
-        manager.wait()
     assert statuses(db) == ["dead"]
 
 
 def test_stop_reads_the_database_from_workers_toml(tmp_path):
     write_config(tmp_path, 'database = "pool.db"\n' + sim_pools(notebook=1, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         session = session_of(tmp_path / "pool.db")
         result = clm_workers("stop", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert start.wait(timeout=30) == 0
-    finally:
-        start.kill()
     no_worker_left(session)
     assert os.path.exists(tmp_path / "pool.db")
 
@@ -220,16 +205,13 @@ def test_stop_interrupts_a_library_manager_which_stops_its_pool_in_its_finally(t
     db = tmp_path / "jobs.db"
     host = subprocess.Popen([sys.executable, "-c", CLM_LIKE_HOST, str(db), str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_at_exit(host):
         assert host.stdout is not None and host.stdout.readline().strip() == "ready"
         session = session_of(db)
         assert len(session_processes(session)) == 2
         result = clm_workers("stop", "--db", str(db), "--json")
         assert result.returncode == 0, result.stderr
         out, _ = host.communicate(timeout=30)
-    finally:
-        host.kill()
-        host.wait()
     assert "stopped" in out  # its own stop_pools ran
     [stopped] = json.loads(result.stdout)["sessions"]
     assert stopped["signals"] == ["SIGINT"] and stopped["outcome"] == "stopped"
@@ -316,7 +298,7 @@ def test_stop_never_signals_a_process_a_session_row_merely_names(tmp_path, stran
     options = STRANGERS[stranger]
     victim = subprocess.Popen(options["args"], user=options.get("user"), stdout=options.get("stdout"),
                               text=True)
-    try:
+    with killed_at_exit(victim):
         if victim.stdout is not None:
             assert victim.stdout.readline().strip() == "ready"
         db = tmp_path / "jobs.db"
@@ -331,9 +313,6 @@ def test_stop_never_signals_a_process_a_session_row_merely_names(tmp_path, stran
         assert f"`kill -INT {victim.pid}` for CLM, `kill -TERM {victim.pid}` for clm-workers start" \
             in result.stderr
         assert statuses(db) == ["idle"]  # and nothing of the session is touched
-    finally:
-        victim.kill()
-        victim.wait()
 
 
 def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
@@ -345,7 +324,7 @@ def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
     session = session_of(db)
     start.kill()  # SIGKILL: the lease stays alive for up to lease_ttl
     successor = subprocess.Popen(["sleep", "600"])  # it got the manager's pid (as the kernel may do)
-    try:
+    with killed_at_exit(successor):
         with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("UPDATE clm_worker_sessions SET pid = ? WHERE session_id = ?",
                          (successor.pid, session))
@@ -355,9 +334,6 @@ def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
         [cleaned] = json.loads(result.stdout)["sessions"]
         assert cleaned["signals"] == [] and cleaned["outcome"] == "cleaned"
         assert f"its manager is gone (pid {successor.pid} is another process now" in result.stderr
-    finally:
-        successor.kill()
-        successor.wait()
     no_worker_left(session)
     assert statuses(db) == ["dead", "dead"]
 
@@ -365,8 +341,7 @@ def test_stop_never_signals_a_pid_reused_after_its_manager_died(tmp_path):
 def test_stop_with_an_empty_session_is_bad_input(tmp_path):
     """``--session ""`` names no session: refused, rather than taken as the prefix of every one."""
     write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         empty = clm_workers("stop", "--db", str(tmp_path / "jobs.db"), "--session", "")
         assert start.popen.poll() is None, f"--session '' stopped a pool: {empty.stderr}"
@@ -375,14 +350,11 @@ def test_stop_with_an_empty_session_is_bad_input(tmp_path):
         assert statuses(tmp_path / "jobs.db") == ["idle", "idle"]
         start.popen.send_signal(signal.SIGTERM)
         assert start.wait() == 0
-    finally:
-        start.kill()
 
 
 def test_stop_needs_only_the_database_of_a_workers_toml_with_a_typo(tmp_path):
     write_config(tmp_path, sim_pools(notebook=1, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         session = session_of(tmp_path / "jobs.db")
         # The file changes under the running pool: a typo that `start` would refuse.
@@ -390,6 +362,4 @@ def test_stop_needs_only_the_database_of_a_workers_toml_with_a_typo(tmp_path):
         result = clm_workers("stop", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert start.wait(timeout=30) == 0
-    finally:
-        start.kill()
     no_worker_left(session)

@@ -217,14 +217,11 @@ def test_clm_workers_start_exits_1_saying_its_database_was_deleted(tmp_path):
     from clitools import StartProcess, sim_pools, write_config
 
     write_config(tmp_path, "lease_ttl = 1.5\n" + sim_pools(notebook=2, plantuml=1))
-    start = StartProcess(tmp_path)
-    try:
+    with StartProcess(tmp_path) as start:
         start.wait_for_output("clm-workers: running")
         [(session,)] = wait_until(
             lambda: query(tmp_path / "jobs.db", "SELECT session_id FROM clm_worker_sessions"), 10)
         (tmp_path / "jobs.db").unlink()
         assert start.wait(timeout=30) == 1, start.stderr
-    finally:
-        start.kill()
     assert f"clm-workers: the database file {tmp_path / 'jobs.db'} was deleted" in start.stderr
     assert not session_processes(session)

@@ -41,7 +41,7 @@ from clm_workers.executors.docker import (
 )
 from clm_workers.plan import WorkerSpec, new_executor_id
 from clm_workers.report import ProgressEvent
-from procs import DATA_OWNER, give_to_data_owner, session_processes, wait_until
+from procs import DATA_OWNER, give_to_data_owner, killed_at_exit, session_processes, wait_until
 
 IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
 REQUIRED = os.environ.get("CLM_REQUIRE_DOCKER_TESTS") == "1"
@@ -436,7 +436,7 @@ async def test_manager_killed_with_sigkill_its_containers_stop_and_the_next_mana
         print(json.dumps({{"started": manager.running}}), flush=True)
         trio.run(trio.sleep_forever)
     """)
-    try:
+    with killed_at_exit(proc):
         assert proc.stdout is not None
         session = json.loads(proc.stdout.readline())["session"]
         if moment == "after startup":
@@ -445,9 +445,6 @@ async def test_manager_killed_with_sigkill_its_containers_stop_and_the_next_mana
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         killed_at = time.monotonic()
-    finally:
-        proc.kill()
-        proc.wait()
     # No manager is left to stop them: their session's lease does.
     wait_until(lambda: session_containers(client, session, running_only=True) == [], ORPHAN_BOUND)
     stopped_after = time.monotonic() - killed_at
@@ -487,15 +484,12 @@ async def test_a_manager_with_only_direct_workers_removes_the_containers_a_dead_
         print(json.dumps({{"started": manager.running}}), flush=True)
         trio.run(trio.sleep_forever)
     """)
-    try:
+    with killed_at_exit(proc):
         assert proc.stdout is not None
         session = json.loads(proc.stdout.readline())["session"]
         assert json.loads(proc.stdout.readline()) == {"started": 2}
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
-    finally:
-        proc.kill()
-        proc.wait()
     def expired() -> bool:
         with sqlite3.connect(tmp_path / "jobs.db") as conn:
             return bool(conn.execute("SELECT lease_expires_at < julianday('now') FROM clm_worker_sessions"

@@ -12,7 +12,7 @@ import pytest
 
 from clm_workers import WorkerConfig, WorkerPoolManager, schema
 from clm_workers.lease import SessionLease
-from procs import wait_until
+from procs import killed_at_exit, wait_until
 
 
 def lease_row(db, session):
@@ -62,13 +62,10 @@ def test_worker_stops_when_its_session_lease_expires(tmp_path, fail):
         conn.execute("INSERT INTO clm_worker_sessions (session_id, lease_expires_at)"
                      " VALUES ('s2', julianday('now') + 1.0 / 86400)")
     proc = start_sim(db, tmp_path, "s2", fail=fail)
-    try:
+    with killed_at_exit(proc):
         # Nobody renews the lease: it runs out after 1 s, the worker notices within a check.
         assert proc.wait(timeout=5) == 70
         assert "session lease expired" in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_worker_without_lease_row_keeps_running(tmp_path):

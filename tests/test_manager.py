@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from clm_workers import ConfigError, PoolStartupError, WorkerConfig, WorkerPoolManager
-from procs import alive, session_processes, wait_until
+from procs import alive, killed_at_exit, session_processes, wait_until
 
 SIM = "clm_workers.sim"
 
@@ -163,7 +163,7 @@ def test_manager_killed_with_sigkill_leaves_no_worker(tmp_path, moment):
         print(json.dumps({{"started": manager.running}}), flush=True)
         trio.run(trio.sleep_forever)
     """)
-    try:
+    with killed_at_exit(proc):
         session = json.loads(proc.stdout.readline())["session"]
         if moment == "after startup":
             assert json.loads(proc.stdout.readline()) == {"started": 6}
@@ -171,9 +171,6 @@ def test_manager_killed_with_sigkill_leaves_no_worker(tmp_path, moment):
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         wait_until(lambda: not any(alive(pid) for pid in workers), 2.0)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_sigint_during_start_stops_every_worker(tmp_path):
@@ -185,7 +182,7 @@ def test_sigint_during_start_stops_every_worker(tmp_path):
         except KeyboardInterrupt:
             print(json.dumps({"interrupted": True, "running": manager.running}), flush=True)
     """)
-    try:
+    with killed_at_exit(proc):
         session = json.loads(proc.stdout.readline())["session"]
         wait_until(lambda: len(session_processes(session)) == 8, 10)
         proc.send_signal(signal.SIGINT)
@@ -193,8 +190,5 @@ def test_sigint_during_start_stops_every_worker(tmp_path):
         assert proc.wait(10) == 0
         # Stopped by the manager itself, not by the lifeline: none is left even now.
         assert session_processes(session) == []
-    finally:
-        proc.kill()
-        proc.wait()
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         assert conn.execute("SELECT count(*) FROM workers WHERE status != 'dead'").fetchone() == (0,)

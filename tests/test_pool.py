@@ -26,7 +26,7 @@ from clm_workers import (
 )
 from clm_workers.clm.database import prepare_database
 from clm_workers.clm.installed import InstalledClm
-from procs import alive, session_processes, wait_for, wait_until
+from procs import alive, killed_at_exit, session_processes, wait_for, wait_until
 
 FAST_MONITOR = MonitorSettings(
     interval=0.05, heartbeat_timeout=2.0, hung_timeout=3.5,
@@ -181,7 +181,7 @@ def test_new_manager_retires_what_a_killed_manager_left(tmp_path):
         trio.run(trio.sleep_forever)
     """))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    try:
+    with killed_at_exit(proc):
         info = json.loads(proc.stdout.readline())
         old = info["session"]
         job_status = "SELECT status, worker_id FROM jobs WHERE id = ?"
@@ -205,9 +205,6 @@ def test_new_manager_retires_what_a_killed_manager_left(tmp_path):
             assert query(db, job_status, info["job"]) == [("pending", None)]
         finally:
             trio.run(manager.stop_pools)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_live_managers_rows_are_never_touched(tmp_path):

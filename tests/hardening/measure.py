@@ -45,7 +45,7 @@ import trio  # noqa: E402
 from clitools import StartProcess, clm_workers, sim_pools, write_config  # noqa: E402
 from clm_workers import MonitorSettings, WorkerConfig, WorkerPoolManager, schema  # noqa: E402
 from clm_workers.ownership import start_stamp  # noqa: E402
-from procs import alive, give_to_data_owner, session_processes, wait_until  # noqa: E402
+from procs import alive, give_to_data_owner, killed_at_exit, session_processes, wait_until  # noqa: E402
 
 IMAGE = os.environ.get("CLM_TEST_DOCKER_IMAGE", "clm-workers-sim:latest")
 SIM = "clm_workers.sim"
@@ -165,7 +165,7 @@ def stop_hits(name: str, exact: bool) -> bool:
     options = STRANGERS[name]
     victim = subprocess.Popen(options["args"], user=options.get("user"), stdout=options.get("stdout"),
                               text=True)
-    try:
+    with killed_at_exit(victim):
         if victim.stdout is not None:
             victim.stdout.readline()
         with scratch("stop") as folder:
@@ -173,9 +173,6 @@ def stop_hits(name: str, exact: bool) -> bool:
             forged_row(db, victim.pid, start_stamp(victim.pid) if exact else None)
             clm_workers("stop", "--db", str(db), "--timeout", "2")
         return victim.poll() is not None
-    finally:
-        victim.kill()
-        victim.wait()
 
 
 def stop_strangers(trials: int) -> Figure:
