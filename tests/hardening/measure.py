@@ -138,6 +138,22 @@ class Manager:
         self.proc.wait(10)
 
 
+def busy_manager(folder: Path, workers: int, jobs: int, payload: dict[str, Any]) -> Manager:
+    """A manager of ``workers`` simulated notebook workers, given ``jobs`` jobs of ``payload``.
+
+    It says its session once they are submitted, then runs until killed.
+    """
+    return Manager(folder, f"""
+        manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", {workers})], log_dir=tmp / "logs")
+        trio.run(manager.start_pools)
+        for i in range({jobs}):
+            (tmp / f"in{{i}}").write_text("x")
+            manager.registry.submit_job("notebook", f"in{{i}}", f"out{{i}}", {payload!r})
+        say(session=manager.session_id)
+        trio.run(trio.sleep_forever)
+    """)
+
+
 # -- stop and strangers --------------------------------------------------------------------
 
 
@@ -293,15 +309,7 @@ def killed_trial() -> tuple[float, int, int, str]:
     the children left then, the jobs not back in the queue, and a line.
     """
     with scratch("sigkill") as folder:
-        manager = Manager(folder, """
-            manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 32)], log_dir=tmp / "logs")
-            trio.run(manager.start_pools)
-            for i in range(8):
-                (tmp / f"in{i}").write_text("x")
-                manager.registry.submit_job("notebook", f"in{i}", f"out{i}", {"child_seconds": 120})
-            say(session=manager.session_id, running=manager.running)
-            trio.run(trio.sleep_forever)
-        """)
+        manager = busy_manager(folder, 32, 8, {"child_seconds": 120})
         session = ""
         try:
             session = manager.said()["session"]
@@ -345,15 +353,7 @@ def release_trial(with_workers: bool) -> float | None:
                                   log_dir=folder / "logs-b")
         trio.run(other.start_pools)
         other.start_monitoring(MonitorSettings())
-        a = Manager(folder, """
-            manager = WorkerPoolManager(tmp / "jobs.db", tmp, [sim("notebook", 24)], log_dir=tmp / "logs")
-            trio.run(manager.start_pools)
-            for i in range(24):
-                (tmp / f"in{i}").write_text("x")
-                manager.registry.submit_job("notebook", f"in{i}", f"out{i}", {"seconds": 120})
-            say(session=manager.session_id)
-            trio.run(trio.sleep_forever)
-        """)
+        a = busy_manager(folder, 24, 24, {"seconds": 120})
         session = ""
         try:
             session = a.said()["session"]
